@@ -1,0 +1,158 @@
+"""What every checkpointer shares: input checks, versioning, encoding, TTL arithmetic."""
+
+from __future__ import annotations
+
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from datetime import timedelta
+
+from persistence.checkpoint import Checkpoint, PreparedSave, WriteResult
+from persistence.codec import Codec
+from persistence.models import AgentStateSnapshot
+from persistence.validation import check_thread_id, check_version, coerce_snapshot
+from persistence.versions import VersionClock, next_version
+
+__all__ = ["DEFAULT_TOMBSTONE_TTL", "BaseCheckpointer", "TTLLike", "to_milliseconds"]
+
+TTLLike = timedelta | float | int | None
+#: How long a tombstone keeps older saves out unless told otherwise: a day covers any
+#: sane visibility timeout plus retry span.
+DEFAULT_TOMBSTONE_TTL = timedelta(days=1)
+
+
+def to_milliseconds(value: TTLLike, what: str) -> int | None:
+    """A TTL given as ``timedelta`` or seconds, in whole milliseconds (at least 1)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"{what} must be a timedelta or seconds, not a bool")
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"{what} must be positive, got {value!r}")
+    ms = round(seconds * 1000)
+    if ms < 1:
+        raise ValueError(f"{what} must be at least 1 ms, got {value!r}")
+    return ms
+
+
+class BaseCheckpointer(ABC):
+    """Shared behaviour of :class:`RedisCheckpointer` and :class:`InMemoryCheckpointer`."""
+
+    def __init__(
+        self,
+        *,
+        ttl: TTLLike = None,
+        tombstone_ttl: TTLLike = DEFAULT_TOMBSTONE_TTL,
+        codec: Codec | None = None,
+        clock: VersionClock | None = None,
+    ) -> None:
+        self.ttl_ms = to_milliseconds(ttl, "ttl")
+        tomb = to_milliseconds(tombstone_ttl, "tombstone_ttl")
+        if tomb is None:
+            raise ValueError("tombstone_ttl must be set: tombstones must not live forever")
+        self.tombstone_ttl_ms = tomb
+        self.codec = codec if codec is not None else Codec()
+        self._next_version = clock.next if clock is not None else next_version
+
+    @property
+    def ttl(self) -> timedelta | None:
+        """Lifetime of a thread's state after its last save, or None."""
+        return None if self.ttl_ms is None else timedelta(milliseconds=self.ttl_ms)
+
+    # -- the contract ---------------------------------------------------------------------
+    def prepare(
+        self, thread_id: str, state: AgentStateSnapshot, *, version: int | None = None
+    ) -> PreparedSave:
+        """Validate, version and encode a save without writing it.
+
+        Raises:
+            InvalidThreadId, InvalidVersion, InvalidSnapshot, SnapshotTooLarge.
+        """
+        check_thread_id(thread_id)
+        version = self._next_version() if version is None else check_version(version)
+        body = self.codec.dump_json(coerce_snapshot(state))
+        return PreparedSave(thread_id, version, body, time.time_ns() // 1_000_000)
+
+    def save_state(
+        self, thread_id: str, state: AgentStateSnapshot, *, version: int | None = None
+    ) -> WriteResult:
+        """Store ``state`` at ``version`` (from the process clock if None) if it is newer.
+
+        Returns:
+            A :class:`WriteResult`: written, or duplicate / stale (not errors).
+        Raises:
+            InvalidInput: bad thread id, version or snapshot (nothing written).
+            StoreUnavailable: the store stayed unreachable through the retry policy.
+            CorruptState: the thread's key holds something that is not ours.
+        """
+        return self.save_prepared(self.prepare(thread_id, state, version=version))
+
+    def save_prepared(self, save: PreparedSave) -> WriteResult:
+        """Apply one prepared save (see :meth:`save_many`)."""
+        result = self.save_many([save])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    @abstractmethod
+    def save_many(self, saves: Sequence[PreparedSave]) -> list[WriteResult | Exception]:
+        """Apply many prepared saves in one round trip, each with its own compare-and-set.
+
+        Returns one entry per save, in order: its result, or the typed error that concerned
+        only that save (e.g. :class:`CorruptState`). Store-wide failures raise.
+        """
+
+    def load_state(self, thread_id: str) -> AgentStateSnapshot | None:
+        """The newest stored state of ``thread_id``, or None (never saved, deleted, expired).
+
+        Raises:
+            InvalidThreadId, CorruptState (for this thread only), StoreUnavailable.
+        """
+        checkpoint = self.load_checkpoint(thread_id)
+        return None if checkpoint is None else checkpoint.state
+
+    @abstractmethod
+    def load_checkpoint(self, thread_id: str) -> Checkpoint | None:
+        """The newest stored state with its version and save time, or None."""
+
+    @abstractmethod
+    def delete_thread(self, thread_id: str, *, version: int | None = None) -> WriteResult:
+        """Delete a thread, leaving a tombstone so older saves cannot bring it back.
+
+        Args:
+            version: the delete's version; None means "newer than anything stored and than
+                every version this process handed out". With an explicit version older than
+                the stored state, nothing is deleted (outcome ``stale``).
+        """
+
+    def list_threads(self) -> list[str]:
+        """Every thread with live state (expired ones excluded even before cleanup)."""
+        return list(dict.fromkeys(self.iter_threads()))
+
+    @abstractmethod
+    def iter_threads(self, page_size: int = 500) -> Iterator[str]:
+        """Live thread ids a page at a time, ordered by expiry then id (bounded memory).
+
+        Every thread live for the whole iteration is yielded at least once; one saved again
+        meanwhile may be yielded twice (its expiry moved past the cursor).
+        """
+
+    @abstractmethod
+    def cleanup_expired(self, limit: int | None = None) -> int:
+        """Drop expired threads from the index; returns how many. Idempotent."""
+
+    @abstractmethod
+    def count_threads(self) -> tuple[int, int]:
+        """(live, expired but not yet cleaned) entries of the index."""
+
+    def _delete_version(self, version: int | None) -> int | None:
+        return None if version is None else check_version(version)
+
+
+def check_page_size(page_size: int) -> int:
+    """Page sizes are ints in 1 .. 100,000."""
+    if isinstance(page_size, bool) or not isinstance(page_size, int) or not 0 < page_size <= 100_000:
+        raise ValueError(f"page_size must be an int in 1..100000, got {page_size!r}")
+    return page_size

@@ -1,0 +1,174 @@
+"""How a snapshot becomes the bytes stored under its key, and back.
+
+A record is a fixed 40-byte ASCII header followed by the body::
+
+    offset  0  b"AP"      magic
+            2  b"1"       envelope schema
+            3  kind       b"j" JSON body, b"z" zlib-compressed JSON body, b"t" tombstone
+            4  version    20 digits, zero padded (compared as a string by the Lua scripts)
+           24  saved_at   16 digits, unix milliseconds, zero padded
+           40  body       the snapshot's JSON (absent for a tombstone)
+
+The compare-and-set script reads only the first 24 bytes (``GETRANGE``), so it never
+decodes, copies or even loads the payload. A value that does not start with ``AP1`` is
+envelope schema 0: the Rust crate's plain JSON, read as version 0 (any save replaces it).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final
+
+import orjson
+from pydantic import ValidationError
+from pydantic_core import PydanticSerializationError
+
+from persistence.errors import CorruptState, InvalidSnapshot, SnapshotTooLarge
+from persistence.models import AgentStateSnapshot
+from persistence.validation import describe_error
+
+__all__ = [
+    "DEFAULT_COMPRESS_THRESHOLD",
+    "DEFAULT_MAX_SNAPSHOT_BYTES",
+    "HEADER_SIZE",
+    "Codec",
+    "Record",
+    "format_version",
+]
+
+MAGIC: Final = b"AP1"
+KIND_JSON: Final = b"j"
+KIND_ZLIB: Final = b"z"
+KIND_TOMBSTONE: Final = b"t"
+HEADER_SIZE: Final = 40
+VERSION_DIGITS: Final = 20
+DEFAULT_MAX_SNAPSHOT_BYTES: Final = 16 * 1024 * 1024
+DEFAULT_COMPRESS_THRESHOLD: Final = 16 * 1024
+_ZLIB_LEVEL: Final = 1  # fast: agent state is mostly text; level 1 gets most of the gain
+_SERIALIZER = AgentStateSnapshot.__pydantic_serializer__
+
+
+def format_version(version: int) -> bytes:
+    """The 20-digit form a version takes in headers and script arguments."""
+    return b"%020d" % version
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A decoded record: a state, or a tombstone (``state is None``)."""
+
+    version: int
+    saved_at: datetime | None
+    state: AgentStateSnapshot | None
+
+
+class Codec:
+    """Encodes snapshots (size cap, compression) and decodes stored records.
+
+    Args:
+        max_snapshot_bytes: largest accepted snapshot JSON; above it
+            :class:`SnapshotTooLarge` is raised before anything is written.
+        compress_threshold: compress JSON bodies of at least this many bytes with zlib;
+            ``None`` never compresses. Reading handles both either way.
+    """
+
+    __slots__ = ("compress_threshold", "max_snapshot_bytes")
+
+    def __init__(
+        self,
+        *,
+        max_snapshot_bytes: int = DEFAULT_MAX_SNAPSHOT_BYTES,
+        compress_threshold: int | None = DEFAULT_COMPRESS_THRESHOLD,
+    ) -> None:
+        self.max_snapshot_bytes = max_snapshot_bytes
+        self.compress_threshold = compress_threshold
+
+    # -- snapshot <-> JSON ------------------------------------------------------------------
+    def dump_json(self, state: AgentStateSnapshot) -> bytes:
+        """Serialise ``state`` to JSON, enforcing the size cap and strict JSON values."""
+        try:
+            body = _SERIALIZER.to_json(state, warnings="error")
+        except (PydanticSerializationError, RecursionError, ValueError) as exc:
+            raise InvalidSnapshot(f"snapshot cannot be encoded as JSON: {exc}") from exc
+        if (b"NaN" in body or b"Infinity" in body) and _has_non_finite(body):
+            raise InvalidSnapshot("snapshot holds NaN or Infinity, which JSON cannot carry")
+        if len(body) > self.max_snapshot_bytes:
+            raise SnapshotTooLarge(len(body), self.max_snapshot_bytes)
+        return body
+
+    def load_json(self, body: bytes | str) -> AgentStateSnapshot:
+        """Parse and validate snapshot JSON from outside (a message); raise InvalidSnapshot."""
+        size = len(body)
+        if size > self.max_snapshot_bytes:
+            raise SnapshotTooLarge(size, self.max_snapshot_bytes)
+        try:
+            data = orjson.loads(body)  # strict JSON: refuses NaN, Infinity, bad UTF-8
+        except orjson.JSONDecodeError as exc:
+            raise InvalidSnapshot(f"snapshot is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise InvalidSnapshot(f"snapshot JSON must be an object, not {type(data).__name__}")
+        try:
+            return AgentStateSnapshot.model_validate(data)
+        except (ValidationError, RecursionError) as exc:
+            raise InvalidSnapshot(f"invalid snapshot: {describe_error(exc)}") from exc
+
+    # -- records ------------------------------------------------------------------------------
+    def pack(self, body: bytes, version: int, saved_at_ms: int) -> bytes:
+        """Wrap snapshot JSON in a record header, compressing it above the threshold."""
+        kind = KIND_JSON
+        if self.compress_threshold is not None and len(body) >= self.compress_threshold:
+            packed = zlib.compress(body, _ZLIB_LEVEL)
+            if len(packed) < len(body):
+                body, kind = packed, KIND_ZLIB
+        return b"".join((MAGIC, kind, format_version(version), b"%016d" % saved_at_ms, body))
+
+    def unpack(self, thread_id: str, raw: bytes) -> Record:
+        """Decode the bytes stored for ``thread_id``; raise :class:`CorruptState` if unusable."""
+        if not raw.startswith(MAGIC):
+            return self._unpack_legacy(thread_id, raw)
+        if len(raw) < HEADER_SIZE:
+            raise CorruptState(thread_id, "truncated record header")
+        kind = raw[3:4]
+        try:
+            version = int(raw[4:24])
+            saved_ms = int(raw[24:40])
+        except ValueError as exc:
+            raise CorruptState(thread_id, "malformed record header") from exc
+        saved_at = datetime.fromtimestamp(saved_ms / 1000, tz=UTC)
+        if kind == KIND_TOMBSTONE:
+            return Record(version, saved_at, None)
+        body = raw[HEADER_SIZE:]
+        if kind == KIND_ZLIB:
+            try:
+                body = zlib.decompress(body)
+            except zlib.error as exc:
+                raise CorruptState(thread_id, f"compressed body does not inflate: {exc}") from exc
+        elif kind != KIND_JSON:
+            raise CorruptState(thread_id, f"unknown record kind {kind!r}")
+        return Record(version, saved_at, self._validate_stored(thread_id, body))
+
+    def _unpack_legacy(self, thread_id: str, raw: bytes) -> Record:
+        if raw[:2] == b"AP" and raw[2:3].isdigit():
+            raise CorruptState(
+                thread_id, f"envelope schema {raw[2:3].decode()} is newer than this library"
+            )
+        if not raw.lstrip()[:1] == b"{":
+            raise CorruptState(thread_id, "not a record and not snapshot JSON")
+        return Record(0, None, self._validate_stored(thread_id, raw))
+
+    @staticmethod
+    def _validate_stored(thread_id: str, body: bytes) -> AgentStateSnapshot:
+        try:
+            return AgentStateSnapshot.model_validate_json(body)
+        except (ValidationError, RecursionError, ValueError) as exc:
+            raise CorruptState(thread_id, f"body does not validate: {describe_error(exc)}") from exc
+
+
+def _has_non_finite(body: bytes) -> bool:
+    try:
+        orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return True
+    return False

@@ -1,0 +1,94 @@
+"""The one exception tree of agents-persistence.
+
+::
+
+    PersistenceError                 every error this package raises on purpose
+    ├── InvalidInput                 the caller's fault; nothing was written or enqueued
+    │   ├── InvalidThreadId          empty, whitespace only, control characters, too long
+    │   ├── InvalidVersion           not an integer in 1 .. 2**63-1
+    │   └── InvalidSnapshot          not a valid snapshot (types, status, NaN, nesting)
+    │       └── SnapshotTooLarge     encoded JSON above the configured cap
+    ├── CorruptState                 stored bytes for one thread cannot be decoded
+    ├── StoreUnavailable             the store stayed unreachable through every retry
+    └── HandOffError                 a snapshot could not be handed to the broker
+        └── FlushTimeout             flush() / wait() ran out of time; names what is pending
+
+Each error raised because of another one is chained to it (``raise ... from exc``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "CorruptState",
+    "FlushTimeout",
+    "HandOffError",
+    "InvalidInput",
+    "InvalidSnapshot",
+    "InvalidThreadId",
+    "InvalidVersion",
+    "PersistenceError",
+    "SnapshotTooLarge",
+    "StoreUnavailable",
+]
+
+
+class PersistenceError(Exception):
+    """Root of every error agents-persistence raises on purpose."""
+
+
+class InvalidInput(PersistenceError, ValueError):
+    """The caller passed something unusable; nothing was written or enqueued."""
+
+
+class InvalidThreadId(InvalidInput):
+    """A thread id that is empty, whitespace only, not a string, too long or has control
+    characters."""
+
+
+class InvalidVersion(InvalidInput):
+    """A version that is not an integer between 1 and 2**63 - 1."""
+
+
+class InvalidSnapshot(InvalidInput):
+    """A snapshot that does not validate or cannot be encoded as JSON."""
+
+
+class SnapshotTooLarge(InvalidSnapshot):
+    """A snapshot whose encoded JSON is above the configured cap."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"snapshot is {size} bytes of JSON, above the limit of {limit}")
+        self.size = size
+        self.limit = limit
+
+
+class CorruptState(PersistenceError):
+    """The bytes stored for one thread cannot be decoded; other threads are unaffected."""
+
+    def __init__(self, thread_id: str, reason: str) -> None:
+        super().__init__(f"stored state of thread {thread_id!r} is corrupt: {reason}")
+        self.thread_id = thread_id
+        self.reason = reason
+
+
+class StoreUnavailable(PersistenceError):
+    """The store could not be reached through the whole retry policy."""
+
+
+class HandOffError(PersistenceError):
+    """A snapshot could not be handed to the broker; the caller still holds its state."""
+
+
+class FlushTimeout(HandOffError, TimeoutError):
+    """Waiting for hand-offs to become durable ran out of time."""
+
+    def __init__(self, pending: Sequence[tuple[str, int]], timeout: float | None) -> None:
+        shown = ", ".join(f"{tid!r}@{ver}" for tid, ver in list(pending)[:10])
+        more = f" and {len(pending) - 10} more" if len(pending) > 10 else ""
+        super().__init__(
+            f"{len(pending)} hand-off(s) not durable after {timeout}s: {shown}{more}"
+        )
+        self.pending = list(pending)
+        self.timeout = timeout

@@ -1,0 +1,32 @@
+-- Versioned compare-and-set of one thread's record (see persistence/codec.py for the layout).
+-- Runs inside the same MULTI/EXEC as the SET that put the new record on the staging key, so
+-- the payload never passes through Lua: the record is RENAMEd into place.
+--
+-- KEYS[1] record key   KEYS[2] staging key   KEYS[3] index (sorted set)
+-- ARGV[1] new version (20 digits)   ARGV[2] TTL in ms, or '' for none   ARGV[3] thread id
+-- Returns {outcome, version held afterwards}: 0 written, 1 duplicate, 2 stale.
+
+local head = redis.call('GETRANGE', KEYS[1], 0, 23)
+local current = '00000000000000000000'
+if #head == 24 and string.sub(head, 1, 3) == 'AP1' then
+  current = string.sub(head, 5, 24)
+end
+local version = ARGV[1]
+if version <= current then
+  redis.call('DEL', KEYS[2])
+  if version == current then
+    return {1, current}
+  end
+  return {2, current}
+end
+redis.call('RENAME', KEYS[2], KEYS[1])
+if ARGV[2] ~= '' then
+  local t = redis.call('TIME')
+  local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('ZADD', KEYS[3], now_ms + tonumber(ARGV[2]), ARGV[3])
+else
+  redis.call('PERSIST', KEYS[1])
+  redis.call('ZADD', KEYS[3], '+inf', ARGV[3])
+end
+return {0, version}

@@ -1,0 +1,297 @@
+"""``RedisCheckpointer``: the seed's Redis checkpointer, made atomic, versioned and retrying.
+
+One save is one round trip: ``MULTI; SET staging <record> PX; EVALSHA save.lua; EXEC``. The
+script compares the new version with the 24-byte header of the stored record (never the
+payload), then RENAMEs the staged record into place, sets its TTL and updates the index, or
+drops the staged copy. One load is one ``GET``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import redis
+import redis.exceptions as rex
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from persistence.base import (
+    DEFAULT_TOMBSTONE_TTL,
+    BaseCheckpointer,
+    TTLLike,
+    check_page_size,
+)
+from persistence.checkpoint import Checkpoint, PreparedSave, WriteOutcome, WriteResult
+from persistence.codec import Codec, format_version
+from persistence.errors import CorruptState
+from persistence.keys import Keys
+from persistence.retry import RetryPolicy
+from persistence.scripts import LuaScript, lua
+from persistence.validation import check_thread_id
+from persistence.versions import VersionClock
+
+if TYPE_CHECKING:
+    from config.settings import Settings
+
+__all__ = ["RedisCheckpointer"]
+
+_OUTCOMES = (WriteOutcome.WRITTEN, WriteOutcome.DUPLICATE, WriteOutcome.STALE)
+#: A staged record only outlives its transaction if the script failed; it then expires.
+_STAGING_PX = 60_000
+
+
+class RedisCheckpointer(BaseCheckpointer):
+    """Agent state in Redis, with versioned writes, TTL, a thread index and retries.
+
+    Args:
+        client: a ``redis.Redis`` (or ``fakeredis.FakeRedis``) with ``decode_responses``
+            off. Its own retry should be disabled; :meth:`from_url` does that, so the
+            policy below is the only one.
+        namespace: first segment of every key (letters, digits, ``_.-``).
+        ttl: lifetime of a thread's state after each save (``timedelta`` or seconds,
+            millisecond precision), or None to keep it.
+        tombstone_ttl: how long a delete keeps older saves out.
+        codec: encoding, size cap and compression.
+        retry: the transient-error policy.
+        clock: where versions come from when a caller gives none.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        namespace: str = "agents",
+        ttl: TTLLike = None,
+        tombstone_ttl: TTLLike = DEFAULT_TOMBSTONE_TTL,
+        codec: Codec | None = None,
+        retry: RetryPolicy | None = None,
+        clock: VersionClock | None = None,
+    ) -> None:
+        super().__init__(ttl=ttl, tombstone_ttl=tombstone_ttl, codec=codec, clock=clock)
+        self.client = client
+        self.keys = Keys(namespace)
+        self.retry = retry if retry is not None else RetryPolicy()
+        self._save = lua("save")
+        self._delete = lua("delete")
+        self._page = lua("page")
+        self._cleanup = lua("cleanup")
+        self._ttl_arg = b"" if self.ttl_ms is None else str(self.ttl_ms).encode()
+
+    @property
+    def namespace(self) -> str:
+        """The namespace of every key this checkpointer touches."""
+        return self.keys.namespace
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        namespace: str = "agents",
+        ttl: TTLLike = None,
+        tombstone_ttl: TTLLike = DEFAULT_TOMBSTONE_TTL,
+        codec: Codec | None = None,
+        retry: RetryPolicy | None = None,
+        clock: VersionClock | None = None,
+        socket_timeout: float = 5.0,
+        socket_connect_timeout: float = 2.0,
+        **redis_kwargs: Any,
+    ) -> RedisCheckpointer:
+        """Connect to ``redis://``, ``rediss://`` (TLS) or ``unix://`` ``url``.
+
+        Extra keyword arguments go to ``redis.Redis.from_url`` (``max_connections``,
+        ``ssl_ca_certs``, ...).
+        """
+        client = redis.Redis.from_url(
+            url,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_connect_timeout,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=30,
+            **redis_kwargs,
+        )
+        return cls(
+            client,
+            namespace=namespace,
+            ttl=ttl,
+            tombstone_ttl=tombstone_ttl,
+            codec=codec,
+            retry=retry,
+            clock=clock,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RedisCheckpointer:
+        """Build from :class:`config.Settings` (URL, namespace, TTLs, caps, retry bounds)."""
+        return cls.from_url(
+            settings.redis_url.get_secret_value(),
+            namespace=settings.namespace,
+            ttl=settings.ttl_seconds,
+            tombstone_ttl=settings.tombstone_ttl_seconds,
+            codec=Codec(
+                max_snapshot_bytes=settings.max_snapshot_bytes,
+                compress_threshold=settings.compress_threshold_bytes,
+            ),
+            retry=RetryPolicy(
+                attempts=settings.retry_attempts,
+                initial_backoff=settings.retry_initial_backoff_seconds,
+                max_backoff=settings.retry_max_backoff_seconds,
+                deadline=settings.retry_deadline_seconds,
+            ),
+            socket_timeout=settings.socket_timeout_seconds,
+            socket_connect_timeout=settings.socket_connect_timeout_seconds,
+        )
+
+    def close(self) -> None:
+        """Close the client's connections."""
+        self.client.close()
+
+    def __repr__(self) -> str:
+        return f"RedisCheckpointer(namespace={self.namespace!r}, ttl={self.ttl!r})"
+
+    # -- writes ---------------------------------------------------------------------------------
+    def save_many(self, saves: Sequence[PreparedSave]) -> list[WriteResult | Exception]:
+        if not saves:
+            return []
+        return self.retry.call("save", self._save_many_once, saves)
+
+    def _save_many_once(self, saves: Sequence[PreparedSave]) -> list[WriteResult | Exception]:
+        keys, codec, sha = self.keys, self.codec, self._save.sha
+        staging, index, ttl = keys.staging, keys.index, self._ttl_arg
+        pipe = self.client.pipeline(transaction=True)
+        for s in saves:
+            record = codec.pack(s.body, s.version, s.saved_at_ms)
+            pipe.execute_command("SET", staging, record, "PX", _STAGING_PX)
+            pipe.execute_command(
+                "EVALSHA", sha, 3, keys.thread(s.thread_id), staging, index,
+                format_version(s.version), ttl, s.thread_id,
+            )  # fmt: skip
+        replies = self._execute(pipe, self._save)
+        results: list[WriteResult | Exception] = []
+        for s, reply in zip(saves, replies[1::2], strict=True):
+            if isinstance(reply, Exception):
+                results.append(self._typed(s.thread_id, reply))
+            else:
+                code, current = reply
+                results.append(WriteResult(s.thread_id, s.version, _OUTCOMES[code], int(current)))
+        return results
+
+    def delete_thread(self, thread_id: str, *, version: int | None = None) -> WriteResult:
+        check_thread_id(thread_id)
+        explicit = self._delete_version(version)
+        clock = self._next_version()
+        args = (
+            b"" if explicit is None else format_version(explicit),
+            self.tombstone_ttl_ms,
+            thread_id,
+            format_version(clock),
+        )
+        reply = self.retry.call(
+            "delete", self._eval, self._delete, (self.keys.thread(thread_id), self.keys.index),
+            args, thread_id,
+        )  # fmt: skip
+        code, current = reply
+        return WriteResult(
+            thread_id, explicit if explicit is not None else int(current), _OUTCOMES[code],
+            int(current),
+        )  # fmt: skip
+
+    def cleanup_expired(self, limit: int | None = None) -> int:
+        """Drop up to ``limit`` (default: all) expired entries from the index.
+
+        The records expire inside Redis on their own; this keeps the index from growing.
+        Cost grows with the number of expired entries, not with the index. Safe to run from
+        several processes at once.
+        """
+        batch = 10_000 if limit is None else check_page_size(limit)
+        removed = 0
+        while True:
+            n = int(self.retry.call("cleanup", self._eval, self._cleanup, (self.keys.index,),
+                                    (batch,)))  # fmt: skip
+            removed += n
+            if n < batch or limit is not None:
+                return removed
+
+    # -- reads ----------------------------------------------------------------------------------
+    def load_checkpoint(self, thread_id: str) -> Checkpoint | None:
+        check_thread_id(thread_id)
+        try:
+            raw = self.retry.call("load", self.client.get, self.keys.thread(thread_id))
+        except rex.ResponseError as exc:
+            raise self._typed(thread_id, exc) from exc
+        if raw is None:
+            return None
+        record = self.codec.unpack(thread_id, raw)
+        if record.state is None:
+            return None
+        return Checkpoint(thread_id, record.version, record.saved_at, record.state)
+
+    def iter_threads(self, page_size: int = 500) -> Iterator[str]:
+        check_page_size(page_size)
+        cursor, score = b"", b""
+        while True:
+            flat = self.retry.call(
+                "list", self._eval, self._page, (self.keys.index,), (page_size, cursor, score)
+            )
+            for i in range(0, len(flat), 2):
+                yield flat[i].decode("utf-8", "replace")
+            if len(flat) < 2 * page_size:
+                return
+            cursor, score = flat[-2], flat[-1]
+
+    def count_threads(self) -> tuple[int, int]:
+        now_ms = self._server_time_ms()
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zcard(self.keys.index)
+        pipe.zcount(self.keys.index, "-inf", now_ms)
+        total, expired = self.retry.call("count", pipe.execute)
+        return int(total) - int(expired), int(expired)
+
+    def _server_time_ms(self) -> int:
+        seconds, micros = self.retry.call("time", self.client.time)
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    # -- plumbing ---------------------------------------------------------------------------------
+    def _execute(self, pipe: Any, script: LuaScript) -> list[Any]:
+        """Run a pipeline holding EVALSHAs of ``script``, loading it once if missing."""
+        commands = list(pipe.command_stack)
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        if any(isinstance(r, rex.NoScriptError) for r in replies):
+            # The server lost its scripts (restart, failover, SCRIPT FLUSH). The failed
+            # transaction only left the staging key behind, which the retry overwrites.
+            self.client.script_load(script.source)
+            pipe.reset()
+            pipe.command_stack.extend(commands)
+            replies = pipe.execute(raise_on_error=False)
+        for reply in replies:
+            if isinstance(reply, (rex.ConnectionError, rex.TimeoutError)):
+                raise reply
+        return replies
+
+    def _eval(
+        self,
+        script: LuaScript,
+        keys: Sequence[str],
+        args: Sequence[object],
+        thread_id: str | None = None,
+    ) -> Any:
+        try:
+            try:
+                return self.client.evalsha(script.sha, len(keys), *keys, *args)  # type: ignore[arg-type]
+            except rex.NoScriptError:
+                self.client.script_load(script.source)
+                return self.client.evalsha(script.sha, len(keys), *keys, *args)  # type: ignore[arg-type]
+        except rex.ResponseError as exc:
+            if thread_id is not None and not isinstance(exc, rex.ReadOnlyError):
+                raise self._typed(thread_id, exc) from exc
+            raise
+
+    @staticmethod
+    def _typed(thread_id: str, exc: Exception) -> Exception:
+        if isinstance(exc, rex.ResponseError) and "WRONGTYPE" in str(exc):
+            err = CorruptState(thread_id, "its key holds a Redis value of another type")
+            err.__cause__ = exc
+            return err
+        return exc

@@ -1,0 +1,126 @@
+"""The store's retry policy: tenacity at the storage boundary, and nowhere else.
+
+Only errors on the allow-list below are retried: the connection dropped or timed out, the
+server is still loading its data set, or it is a replica that turned read-only during a
+failover. Everything else (bad credentials, a script error, WRONGTYPE) fails at once. When
+the policy gives up, :class:`~persistence.errors.StoreUnavailable` is raised from the last
+error.
+
+The first call runs without tenacity, so the happy path costs nothing; after a transient
+failure the call is retried at once (a pooled connection that the server dropped usually
+reconnects straight away) and then with capped, jittered exponential backoff, bounded by
+both an attempt count and a deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, ParamSpec, TypeVar
+
+import redis.exceptions as rex
+from tenacity import (
+    Retrying,
+    before_sleep_log,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+from persistence.errors import StoreUnavailable
+
+__all__ = ["TRANSIENT_ERRORS", "RetryPolicy", "is_transient"]
+
+logger = logging.getLogger("persistence.retry")
+
+#: Errors worth retrying: the server may answer the same request a moment later.
+TRANSIENT_ERRORS: Final[tuple[type[BaseException], ...]] = (
+    rex.ConnectionError,  # refused, reset, closed mid-reply; includes BusyLoadingError
+    rex.TimeoutError,
+    rex.ReadOnlyError,  # a replica promoted late / a primary demoted during failover
+    rex.TryAgainError,
+    rex.ClusterDownError,
+)
+#: Subclasses of ConnectionError that no retry can fix.
+_PERMANENT: Final[tuple[type[BaseException], ...]] = (
+    rex.AuthenticationError,
+    rex.AuthorizationError,
+    rex.AuthenticationWrongNumberOfArgsError,
+    rex.MaxConnectionsError,
+)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors on the allow-list that are not authentication failures."""
+    return isinstance(exc, TRANSIENT_ERRORS) and not isinstance(exc, _PERMANENT)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Bounds for retrying one store call.
+
+    Args:
+        attempts: retries after the first failed call (so at most ``attempts + 1`` calls).
+        initial_backoff: first wait, in seconds, before jitter.
+        max_backoff: cap of any single wait.
+        deadline: give up once this many seconds have passed since the first failure.
+    """
+
+    attempts: int = 5
+    initial_backoff: float = 0.05
+    max_backoff: float = 2.0
+    deadline: float = 15.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 0 or self.initial_backoff <= 0 or self.deadline <= 0:
+            raise ValueError("retry bounds must be positive")
+        if self.max_backoff < self.initial_backoff:
+            raise ValueError("max_backoff is below initial_backoff")
+
+    def call(self, what: str, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``fn``; on transient errors retry within the bounds, then StoreUnavailable."""
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            if self.attempts == 0:
+                raise StoreUnavailable(f"{what}: store unavailable ({_describe(exc)})") from exc
+            logger.warning("%s: transient store error (%s); retrying", what, _describe(exc))
+        retrying = Retrying(
+            stop=stop_after_attempt(self.attempts) | stop_after_delay(self.deadline),
+            wait=wait_exponential_jitter(
+                initial=self.initial_backoff, max=self.max_backoff, jitter=self.initial_backoff
+            ),
+            retry=retry_if_exception(is_transient),
+            before_sleep=before_sleep_log(logger, logging.WARNING),
+            reraise=True,
+        )
+        try:
+            return retrying(fn, *args, **kwargs)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            raise StoreUnavailable(
+                f"{what}: store unavailable after {self.attempts + 1} attempts "
+                f"({_describe(exc)})"
+            ) from exc
+
+    @property
+    def worst_case_seconds(self) -> float:
+        """The longest the policy may sleep in total (excluding the calls themselves)."""
+        total, wait = 0.0, self.initial_backoff
+        for _ in range(max(self.attempts - 1, 0)):
+            total += min(wait + self.initial_backoff, self.max_backoff)
+            wait *= 2
+        return min(total, self.deadline)
+
+
+def _describe(exc: BaseException) -> str:
+    # redis-py messages carry host and port, never the password; keep them short.
+    return f"{type(exc).__name__}: {str(exc)[:200]}"
