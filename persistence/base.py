@@ -153,6 +153,8 @@ class BaseCheckpointer(ABC):
 
 def check_page_size(page_size: int) -> int:
     """Page sizes are ints in 1 .. 100,000."""
-    if isinstance(page_size, bool) or not isinstance(page_size, int) or not 0 < page_size <= 100_000:
+    if isinstance(page_size, bool) or not isinstance(page_size, int):
+        raise ValueError(f"page_size must be an int, got {page_size!r}")
+    if not 0 < page_size <= 100_000:
         raise ValueError(f"page_size must be an int in 1..100000, got {page_size!r}")
     return page_size

@@ -163,7 +163,8 @@ class Codec:
         try:
             return AgentStateSnapshot.model_validate_json(body)
         except (ValidationError, RecursionError, ValueError) as exc:
-            raise CorruptState(thread_id, f"body does not validate: {describe_error(exc)}") from exc
+            reason = f"body does not validate: {describe_error(exc)}"
+            raise CorruptState(thread_id, reason) from exc
 
 
 def _has_non_finite(body: bytes) -> bool:

@@ -87,8 +87,6 @@ class FlushTimeout(HandOffError, TimeoutError):
     def __init__(self, pending: Sequence[tuple[str, int]], timeout: float | None) -> None:
         shown = ", ".join(f"{tid!r}@{ver}" for tid, ver in list(pending)[:10])
         more = f" and {len(pending) - 10} more" if len(pending) > 10 else ""
-        super().__init__(
-            f"{len(pending)} hand-off(s) not durable after {timeout}s: {shown}{more}"
-        )
+        super().__init__(f"{len(pending)} hand-off(s) not durable after {timeout}s: {shown}{more}")
         self.pending = list(pending)
         self.timeout = timeout

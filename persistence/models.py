@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -40,7 +40,7 @@ __all__ = [
 _MODEL_CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False, ser_json_inf_nan="constants")
 
 
-class TodoStatus(str, Enum):
+class TodoStatus(StrEnum):
     """Where a todo item stands (serialised in snake case, as serde does)."""
 
     PENDING = "pending"

@@ -163,8 +163,10 @@ class RedisCheckpointer(BaseCheckpointer):
         pipe = self.client.pipeline(transaction=True)
         for s in saves:
             record = codec.pack(s.body, s.version, s.saved_at_ms)
-            pipe.execute_command("SET", staging, record, "PX", _STAGING_PX)
-            pipe.execute_command(
+            pipe.execute_command(  # type: ignore[no-untyped-call]
+                "SET", staging, record, "PX", _STAGING_PX
+            )
+            pipe.execute_command(  # type: ignore[no-untyped-call]
                 "EVALSHA", sha, 3, keys.thread(s.thread_id), staging, index,
                 format_version(s.version), ttl, s.thread_id,
             )  # fmt: skip
@@ -223,6 +225,8 @@ class RedisCheckpointer(BaseCheckpointer):
             raise self._typed(thread_id, exc) from exc
         if raw is None:
             return None
+        if isinstance(raw, str):  # a client built with decode_responses=True
+            raw = raw.encode()
         record = self.codec.unpack(thread_id, raw)
         if record.state is None:
             return None

@@ -107,8 +107,7 @@ class RetryPolicy:
             if not is_transient(exc):
                 raise
             raise StoreUnavailable(
-                f"{what}: store unavailable after {self.attempts + 1} attempts "
-                f"({_describe(exc)})"
+                f"{what}: store unavailable after {self.attempts + 1} attempts ({_describe(exc)})"
             ) from exc
 
     @property
