@@ -173,6 +173,12 @@ class Settings(BaseSettings):
             and self.compress_threshold_bytes > self.max_snapshot_bytes
         ):
             raise ValueError("compress_threshold_bytes is above max_snapshot_bytes")
+        if self.task_soft_time_limit_seconds <= self.store_retry_span_seconds:
+            raise ValueError(
+                "task_soft_time_limit_seconds must exceed one store call with all its retries "
+                f"(retry_deadline_seconds + socket_timeout_seconds = "
+                f"{self.store_retry_span_seconds:.0f}s)"
+            )
         floor = self.effective_visibility_timeout + self.task_retry_span_seconds
         if self.tombstone_ttl_seconds < floor:
             raise ValueError(

@@ -144,6 +144,13 @@ class BaseCheckpointer(ABC):
         """Drop expired threads from the index; returns how many. Idempotent."""
 
     @abstractmethod
+    def stored_versions(self, thread_ids: Sequence[str]) -> dict[str, int]:
+        """The version held for each thread (state or tombstone; 0: nothing), one round trip.
+
+        Used to tell whether handed-off saves are durable: held >= handed off.
+        """
+
+    @abstractmethod
     def count_threads(self) -> tuple[int, int]:
         """(live, expired but not yet cleaned) entries of the index."""
 

@@ -149,6 +149,12 @@ class InMemoryCheckpointer(BaseCheckpointer):
                 return
             cursor = page[-1]
 
+    def stored_versions(self, thread_ids: Sequence[str]) -> dict[str, int]:
+        with self._lock:
+            now = self._now()
+            held = {tid: self._live(tid, now) for tid in thread_ids}
+        return {tid: 0 if e is None else e.version for tid, e in held.items()}
+
     def count_threads(self) -> tuple[int, int]:
         with self._lock:
             now = self._now()

@@ -36,6 +36,13 @@ if TYPE_CHECKING:
 
 __all__ = ["RedisCheckpointer"]
 
+
+def _header_version(head: object) -> int:
+    if isinstance(head, bytes) and len(head) == 24 and head.startswith(b"AP1"):
+        return int(head[4:24])
+    return 0
+
+
 _OUTCOMES = (WriteOutcome.WRITTEN, WriteOutcome.DUPLICATE, WriteOutcome.STALE)
 #: A staged record only outlives its transaction if the script failed; it then expires.
 _STAGING_PX = 60_000
@@ -244,6 +251,15 @@ class RedisCheckpointer(BaseCheckpointer):
             if len(flat) < 2 * page_size:
                 return
             cursor, score = flat[-2], flat[-1]
+
+    def stored_versions(self, thread_ids: Sequence[str]) -> dict[str, int]:
+        if not thread_ids:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for tid in thread_ids:
+            pipe.getrange(self.keys.thread(tid), 0, 23)
+        heads = self.retry.call("versions", pipe.execute, raise_on_error=False)
+        return {tid: _header_version(head) for tid, head in zip(thread_ids, heads, strict=True)}
 
     def count_threads(self) -> tuple[int, int]:
         now_ms = self._server_time_ms()

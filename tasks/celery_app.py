@@ -1,0 +1,125 @@
+"""The Celery app: reliability options in one place, JSON only, beat schedule from settings."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+from celery import Celery
+
+from config.settings import Settings
+from persistence.base import BaseCheckpointer
+from persistence.redis_store import RedisCheckpointer
+from tasks.deadletter import DeadLetters, MemoryDeadLetters, RedisDeadLetters
+from tasks.names import CLEANUP_TASK
+
+__all__ = ["PersistenceApp", "celery_config", "create_app"]
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Every Celery option the layer relies on, derived from ``settings``.
+
+    - JSON only, both ways; pickle is never accepted.
+    - ``acks_late`` + ``reject_on_worker_lost`` + prefetch 1: a message is acknowledged only
+      after its write finished, and a worker that dies mid-task gives it back.
+    - The visibility timeout (Redis broker) exceeds the hard time limit plus the longest
+      retry countdown, so healthy messages are not redelivered while they run or wait.
+    - No result backend: durability is read from the store itself (``flush``/``wait``).
+    """
+    broker = settings.broker.get_secret_value()
+    vt = settings.effective_visibility_timeout
+    transport: dict[str, Any] = {
+        "visibility_timeout": vt,
+        "socket_timeout": settings.socket_timeout_seconds,
+        "socket_connect_timeout": settings.socket_connect_timeout_seconds,
+    }
+    if broker.startswith(("amqp", "pyamqp")):
+        transport = {"confirm_publish": True}
+    return {
+        "broker_url": broker,
+        "broker_transport_options": transport,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_timeout": settings.publish_timeout_seconds,
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "event_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_failure_or_timeout": True,
+        "worker_prefetch_multiplier": settings.worker_prefetch_multiplier,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "task_soft_time_limit": settings.task_soft_time_limit_seconds,
+        "task_time_limit": settings.task_time_limit_seconds,
+        "task_default_queue": settings.queue,
+        "task_default_routing_key": settings.queue,
+        "task_create_missing_queues": True,
+        "task_always_eager": settings.eager,
+        "task_eager_propagates": True,
+        "worker_consumer": "tasks.consumer:DeadLetterConsumer",
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": False,
+        "beat_schedule": {
+            CLEANUP_TASK: {
+                "task": CLEANUP_TASK,
+                "schedule": settings.cleanup_interval_seconds,
+                "options": {"queue": settings.queue, "expires": settings.cleanup_interval_seconds},
+            }
+        },
+        "timezone": "UTC",
+        "enable_utc": True,
+    }
+
+
+class PersistenceApp(Celery):
+    """A Celery app that carries its :class:`Settings`, store and dead-letter list.
+
+    The store is built lazily, once per process (after a prefork worker forks), unless one
+    is passed in.
+    """
+
+    def __init__(self, settings: Settings, *, store: BaseCheckpointer | None = None) -> None:
+        super().__init__("agents_persistence", set_as_current=False)
+        self.settings = settings
+        self._given_store = store
+        self.config_from_object(celery_config(settings))
+
+    @cached_property
+    def store(self) -> BaseCheckpointer:
+        """The checkpointer the tasks write through."""
+        if self._given_store is not None:
+            return self._given_store
+        return RedisCheckpointer.from_settings(self.settings)
+
+    @cached_property
+    def dead_letters(self) -> DeadLetters:
+        """Where permanently failed hand-offs go (a list in the store's Redis)."""
+        store = self.store
+        if isinstance(store, RedisCheckpointer):
+            return RedisDeadLetters(
+                store.client,
+                store.keys.dead_letters,
+                max_length=self.settings.dead_letter_max_length,
+                retry=store.retry,
+            )
+        return MemoryDeadLetters(max_length=self.settings.dead_letter_max_length)
+
+
+def create_app(
+    settings: Settings | None = None, *, store: BaseCheckpointer | None = None
+) -> PersistenceApp:
+    """A configured Celery app with the three tasks registered.
+
+    Args:
+        settings: defaults to :class:`Settings` read from the environment.
+        store: the checkpointer tasks write through; default: a :class:`RedisCheckpointer`
+            from ``settings``, built on first use in each process.
+    """
+    from tasks.jobs import register_tasks
+
+    app = PersistenceApp(settings if settings is not None else Settings(), store=store)
+    register_tasks(app)
+    return app

@@ -1,0 +1,305 @@
+"""``CeleryCheckpointer``: the agent side. Saves are handed to Celery; reads go to the core.
+
+Hand-off modes (``Settings.handoff_mode`` or ``mode=``):
+
+``durable`` (default)
+    ``save_state`` returns once the broker accepted the message (Redis: the LPUSH answered;
+    RabbitMQ: the publisher confirm arrived). If the agent process dies right after, the
+    snapshot is safe in the broker.
+``buffered``
+    ``save_state`` returns before any network round trip; a background thread publishes
+    batches. If the agent process dies, snapshots still in the buffer are lost (at most
+    ``buffer_max_snapshots``); a normal exit, ``flush()`` and ``close()`` publish them.
+
+In both modes, ``handle.wait()`` / ``flush()`` block until saves are durable in the store
+(or superseded by a newer version or a delete).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Iterator, Mapping
+from typing import Any, Literal
+
+from kombu.exceptions import OperationalError
+from kombu.serialization import dumps, loads
+
+from config.settings import Settings
+from persistence.base import BaseCheckpointer
+from persistence.checkpoint import Checkpoint, PreparedSave, WriteResult
+from persistence.errors import FlushTimeout, HandOffError
+from persistence.models import AgentStateSnapshot
+from persistence.redis_store import RedisCheckpointer
+from tasks.celery_app import PersistenceApp, create_app
+from tasks.messages import batch_message, save_message
+from tasks.names import SAVE_BATCH_TASK, SAVE_TASK
+from tasks.publisher import BufferedPublisher
+
+__all__ = ["CeleryCheckpointer", "HandOff"]
+
+logger = logging.getLogger("tasks.client")
+
+_BROKER_ERRORS = (OperationalError, ConnectionError, OSError, TimeoutError)
+
+
+class HandOff:
+    """What ``save_state`` returns: the thread, the version, and a way to wait for it."""
+
+    __slots__ = ("_client", "thread_id", "version")
+
+    def __init__(self, client: CeleryCheckpointer, thread_id: str, version: int) -> None:
+        self._client = client
+        self.thread_id = thread_id
+        self.version = version
+
+    def wait(self, timeout: float | None = 30.0) -> None:
+        """Block until this save (or something newer for the thread) is in the store.
+
+        Raises:
+            FlushTimeout: not durable within ``timeout`` seconds.
+        """
+        self._client._wait_durable({self.thread_id: self.version}, timeout)
+
+    def __repr__(self) -> str:
+        return f"HandOff(thread_id={self.thread_id!r}, version={self.version})"
+
+
+class CeleryCheckpointer:
+    """Hands snapshots to Celery workers; loads, listings and deletes go straight to the core.
+
+    Args:
+        store: the checkpointer the workers write through (the same namespace); reads use it.
+        app: the Celery app; default: ``create_app(settings, store=store)``.
+        settings: default: the app's settings, else :class:`Settings` from the environment.
+        mode: ``"durable"`` or ``"buffered"``; default: ``settings.handoff_mode``.
+    """
+
+    def __init__(
+        self,
+        store: BaseCheckpointer,
+        app: PersistenceApp | None = None,
+        *,
+        settings: Settings | None = None,
+        mode: Literal["durable", "buffered"] | None = None,
+    ) -> None:
+        if settings is None:
+            settings = app.settings if app is not None else Settings()
+        self.settings = settings
+        self.store = store
+        self.app = app if app is not None else create_app(settings, store=store)
+        self.namespace = store.namespace if isinstance(store, RedisCheckpointer) else (
+            settings.namespace
+        )  # fmt: skip
+        self.mode = mode if mode is not None else settings.handoff_mode
+        self._eager = bool(self.app.conf.task_always_eager)
+        self._pending: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._retry_policy = {
+            "max_retries": settings.publish_max_retries,
+            "interval_start": 0.05,
+            "interval_step": 0.2,
+            "interval_max": 1.0,
+        }
+        self.handed_off = 0
+        self.written_through = 0
+        self._publisher: BufferedPublisher | None = None
+        if self.mode == "buffered":
+            self._publisher = BufferedPublisher(
+                self._publish_batch,
+                max_batch=settings.batch_max_snapshots,
+                max_bytes=settings.batch_max_bytes,
+                linger=settings.batch_linger_seconds,
+                capacity=settings.buffer_max_snapshots,
+                full_policy=settings.buffer_full_policy,
+            )
+            atexit.register(_close_at_exit, weakref.ref(self))
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings | None = None,
+        *,
+        mode: Literal["durable", "buffered"] | None = None,
+    ) -> CeleryCheckpointer:
+        """A client, its store and its app, all from ``settings`` (None: the environment)."""
+        settings = settings if settings is not None else Settings()
+        store = RedisCheckpointer.from_settings(settings)
+        return cls(store, create_app(settings, store=store), settings=settings, mode=mode)
+
+    def __enter__(self) -> CeleryCheckpointer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"CeleryCheckpointer(namespace={self.namespace!r}, mode={self.mode!r})"
+
+    # -- saves ------------------------------------------------------------------------------------
+    def save_state(
+        self, thread_id: str, state: AgentStateSnapshot, *, version: int | None = None
+    ) -> HandOff:
+        """Validate, version and hand off ``state``; does not wait for storage.
+
+        Raises:
+            InvalidThreadId, InvalidVersion, InvalidSnapshot, SnapshotTooLarge: before
+                anything is enqueued.
+            HandOffError: the broker did not accept it within the publish retry bound
+                (unless ``write_through_on_broker_error``, which writes it synchronously).
+        """
+        save = self.store.prepare(thread_id, state, version=version)
+        if self._publisher is not None:
+            self._publisher.submit(save)
+        else:
+            self._publish_one(save)
+        with self._lock:
+            self.handed_off += 1
+            if self._pending.get(save.thread_id, 0) < save.version:
+                self._pending[save.thread_id] = save.version
+        return HandOff(self, save.thread_id, save.version)
+
+    def _publish_one(self, save: PreparedSave) -> None:
+        kwargs = save_message(self.namespace, save)
+        if self._eager:
+            self._run_eager(SAVE_TASK, kwargs)
+            return
+        try:
+            self.app.send_task(
+                SAVE_TASK,
+                kwargs=kwargs,
+                queue=self.settings.queue,
+                retry=True,
+                retry_policy=self._retry_policy,
+                ignore_result=True,
+            )
+        except _BROKER_ERRORS as exc:
+            self._broker_down([save], exc)
+
+    def _publish_batch(self, saves: list[PreparedSave]) -> None:
+        kwargs = batch_message(self.namespace, saves)
+        if self._eager:
+            self._run_eager(SAVE_BATCH_TASK, kwargs)
+            return
+        try:
+            self.app.send_task(
+                SAVE_BATCH_TASK,
+                kwargs=kwargs,
+                queue=self.settings.queue,
+                retry=True,
+                retry_policy=self._retry_policy,
+                ignore_result=True,
+            )
+        except _BROKER_ERRORS as exc:
+            self._broker_down(saves, exc)
+
+    def _run_eager(self, name: str, kwargs: Mapping[str, Any]) -> None:
+        # The same JSON round trip a real broker would impose, then the task inline.
+        content_type, encoding, data = dumps(dict(kwargs), serializer="json")
+        wire = loads(data, content_type, encoding, accept={"application/json"})
+        self.app.tasks[name].apply(kwargs=wire, throw=True)
+
+    def _broker_down(self, saves: list[PreparedSave], exc: BaseException) -> None:
+        if not self.settings.write_through_on_broker_error:
+            raise HandOffError(
+                f"broker did not accept {len(saves)} snapshot(s) after "
+                f"{self.settings.publish_max_retries} retries: {type(exc).__name__}: {exc}"
+            ) from exc
+        logger.warning("broker unavailable (%s); writing %d snapshot(s) through", exc, len(saves))
+        for result in self.store.save_many(saves):
+            if isinstance(result, Exception):
+                raise HandOffError(f"write-through failed: {result}") from result
+        with self._lock:
+            self.written_through += len(saves)
+
+    # -- durability -------------------------------------------------------------------------------
+    def flush(self, timeout: float | None = 30.0) -> None:
+        """Block until every save this client handed off is durable or superseded.
+
+        Raises:
+            FlushTimeout: naming the saves still pending after ``timeout`` seconds.
+            HandOffError: the buffered publisher could not reach the broker.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self._publisher is not None:
+            self._publisher.flush(timeout)
+        with self._lock:
+            pending = dict(self._pending)
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        self._wait_durable(pending, remaining)
+
+    @property
+    def pending(self) -> dict[str, int]:
+        """Threads with hand-offs not yet seen durable, and the newest version handed off."""
+        with self._lock:
+            return dict(self._pending)
+
+    def _wait_durable(self, wanted: Mapping[str, int], timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        waiting = dict(wanted)
+        delay = 0.002
+        while waiting:
+            held = self.store.stored_versions(list(waiting))
+            done = [tid for tid, v in waiting.items() if held.get(tid, 0) >= v]
+            with self._lock:
+                for tid in done:
+                    if self._pending.get(tid, 0) <= waiting[tid]:
+                        self._pending.pop(tid, None)
+            for tid in done:
+                del waiting[tid]
+            if not waiting:
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                raise FlushTimeout(sorted(waiting.items()), timeout)
+            time.sleep(
+                delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic()))
+            )
+            delay = min(delay * 2, 0.1)
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Publish what is buffered (buffered mode) and stop the publisher thread."""
+        if self._publisher is not None:
+            self._publisher.close(timeout)
+
+    @property
+    def superseded(self) -> int:
+        """Snapshots replaced in the buffer by a newer one of the same thread."""
+        return 0 if self._publisher is None else self._publisher.superseded
+
+    # -- straight through the core ----------------------------------------------------------------
+    def load_state(self, thread_id: str) -> AgentStateSnapshot | None:
+        """The newest durable state (hand-offs still queued are not visible; see flush)."""
+        return self.store.load_state(thread_id)
+
+    def load_checkpoint(self, thread_id: str) -> Checkpoint | None:
+        """The newest durable state with version and save time."""
+        return self.store.load_checkpoint(thread_id)
+
+    def list_threads(self) -> list[str]:
+        """Every thread with live durable state."""
+        return self.store.list_threads()
+
+    def iter_threads(self, page_size: int = 500) -> Iterator[str]:
+        """Live threads a page at a time."""
+        return self.store.iter_threads(page_size)
+
+    def delete_thread(self, thread_id: str, *, version: int | None = None) -> WriteResult:
+        """Delete synchronously. The tombstone's version is newer than every save this
+        process handed off, so saves of the thread still queued cannot bring it back."""
+        result = self.store.delete_thread(thread_id, version=version)
+        with self._lock:
+            if self._pending.get(thread_id, 0) <= result.current_version:
+                self._pending.pop(thread_id, None)
+        return result
+
+
+def _close_at_exit(ref: weakref.ReferenceType[CeleryCheckpointer]) -> None:
+    client = ref()
+    if client is not None:
+        try:
+            client.close(timeout=10.0)
+        except Exception:
+            logger.exception("could not publish buffered snapshots at exit")

@@ -1,0 +1,201 @@
+"""The worker tasks: unpack, call the core, decide between ack, retry and dead letter.
+
+Retries multiply: one store call makes up to ``retry_attempts + 1`` tries within
+``retry_deadline_seconds`` (tenacity, in the core); when it still fails with
+:class:`StoreUnavailable`, the task is retried by Celery up to ``task_max_retries`` times
+with jittered exponential countdowns capped at ``task_retry_backoff_max_seconds``. So a
+save gives up after at most ``(task_max_retries + 1) * (retry_attempts + 1)`` store calls,
+and then goes to the dead-letter list. A message never ends in a silent ack.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from celery import Task
+from celery.exceptions import Reject, Retry
+
+from persistence.checkpoint import PreparedSave, WriteResult
+from persistence.errors import CorruptState, InvalidInput, StoreUnavailable
+from tasks.deadletter import make_entry
+from tasks.messages import parse_batch, parse_delete, parse_entry, parse_save
+from tasks.names import CLEANUP_TASK, DELETE_TASK, SAVE_BATCH_TASK, SAVE_TASK
+
+if TYPE_CHECKING:
+    from tasks.celery_app import PersistenceApp
+
+__all__ = ["PersistenceTask", "register_tasks"]
+
+logger = logging.getLogger("tasks.jobs")
+
+#: Seconds to hold a message before giving it back when even the dead-letter list is down.
+_REQUEUE_PAUSE = 1.0
+
+
+class PersistenceTask(Task):  # type: ignore[type-arg]
+    """Base of the layer's tasks: explicit reliability options, dead letter on failure."""
+
+    acks_late = True
+    reject_on_worker_lost = True
+    ignore_result = True
+    typing = False  # arguments are checked by tasks.messages, so bad ones are dead-lettered
+
+    @property
+    def papp(self) -> PersistenceApp:
+        return self.app  # type: ignore[return-value]
+
+    def countdown(self) -> float:
+        """Jittered exponential backoff for the next Celery retry."""
+        cap = self.papp.settings.task_retry_backoff_max_seconds
+        base = min(cap, 2.0**self.request.retries)
+        return random.uniform(base / 2, base)
+
+    def dead_letter(
+        self, exc: BaseException, args: Sequence[Any], kwargs: Mapping[str, Any], **extra: Any
+    ) -> None:
+        """Record a permanent failure; if even that fails, give the message back."""
+        entry = make_entry(
+            str(exc) or type(exc).__name__,
+            type(exc).__name__,
+            namespace=self.papp.settings.namespace,
+            task=self.name,
+            task_id=self.request.id,
+            retries=self.request.retries,
+            args=list(args),
+            kwargs=dict(kwargs),
+            **extra,
+        )
+        try:
+            self.papp.dead_letters.push(entry)
+        except Exception as push_exc:
+            logger.error("dead-letter list unavailable (%s); message returned to the queue",
+                         push_exc)  # fmt: skip
+            time.sleep(_REQUEUE_PAUSE)
+            raise Reject(push_exc, requeue=True) from push_exc
+        logger.warning("dead-lettered %s (%s): %s", self.name, entry["id"], entry["reason"])
+
+    def retry_or_dead_letter(
+        self, exc: StoreUnavailable, args: Sequence[Any], kwargs: Mapping[str, Any]
+    ) -> None:
+        """Celery retry with backoff while retries remain; then dead letter."""
+        if (
+            self.request.retries < self.papp.settings.task_max_retries
+            and not self.request.is_eager
+        ):
+            raise self.retry(
+                exc=exc,
+                countdown=self.countdown(),
+                max_retries=None,
+                args=tuple(args),
+                kwargs=dict(kwargs),
+            )
+        self.dead_letter(exc, args, kwargs, exhausted=True)
+
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        # Only unexpected errors get here (the tasks handle every expected one themselves):
+        # still never a silent ack.
+        if isinstance(exc, (Retry, Reject)):
+            return
+        try:
+            self.dead_letter(exc, args or [], kwargs or {}, unexpected=True)
+        except Reject:
+            logger.exception("could not dead-letter task %s", task_id)
+
+
+def save_state(self: PersistenceTask, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Write one handed-off snapshot; stale and duplicate versions are successes."""
+    app = self.papp
+    try:
+        save = parse_save(args, kwargs, namespace=app.settings.namespace, codec=app.store.codec)
+        result = app.store.save_prepared(save)
+    except (InvalidInput, CorruptState) as exc:
+        self.dead_letter(exc, args, kwargs)
+        return {"outcome": "dead_lettered"}
+    except StoreUnavailable as exc:
+        self.retry_or_dead_letter(exc, args, kwargs)
+        return {"outcome": "dead_lettered"}
+    return _summary(result)
+
+
+def save_states(self: PersistenceTask, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Write a batch in one pipelined round trip; bad entries are dead-lettered one by one."""
+    app = self.papp
+    try:
+        entries = parse_batch(args, kwargs, namespace=app.settings.namespace)
+    except InvalidInput as exc:
+        self.dead_letter(exc, args, kwargs)
+        return {"outcome": "dead_lettered"}
+    valid: list[tuple[Mapping[str, Any], PreparedSave]] = []
+    counts = {"written": 0, "duplicate": 0, "stale": 0, "dead_lettered": 0}
+    namespace = app.settings.namespace
+    for entry in entries:
+        try:
+            valid.append((entry, parse_entry(entry, app.store.codec)))
+        except InvalidInput as exc:
+            self.dead_letter(exc, (), {"namespace": namespace, **entry}, batch=True)
+            counts["dead_lettered"] += 1
+    try:
+        results = app.store.save_many([save for _, save in valid])
+    except StoreUnavailable as exc:
+        # Retry only the valid entries: the bad ones are already dead-lettered.
+        retry_kwargs: dict[str, Any] = {
+            "namespace": namespace,
+            "entries": [entry for entry, _ in valid],
+        }
+        self.retry_or_dead_letter(exc, (), retry_kwargs)
+        return {"outcome": "dead_lettered"}
+    for (sent, _), result in zip(valid, results, strict=True):
+        if isinstance(result, WriteResult):
+            counts[result.outcome.value] += 1
+        else:
+            self.dead_letter(result, (), {"namespace": namespace, **sent}, batch=True)
+            counts["dead_lettered"] += 1
+    return counts
+
+
+def delete_thread(self: PersistenceTask, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Apply a delete (tombstone) handed off asynchronously."""
+    app = self.papp
+    try:
+        msg = parse_delete(args, kwargs, namespace=app.settings.namespace)
+        result = app.store.delete_thread(msg.thread_id, version=msg.version)
+    except (InvalidInput, CorruptState) as exc:
+        self.dead_letter(exc, args, kwargs)
+        return {"outcome": "dead_lettered"}
+    except StoreUnavailable as exc:
+        self.retry_or_dead_letter(exc, args, kwargs)
+        return {"outcome": "dead_lettered"}
+    return _summary(result)
+
+
+def cleanup_expired(self: PersistenceTask) -> dict[str, Any]:
+    """Drop up to ``cleanup_batch_size`` expired index entries (idempotent, bounded)."""
+    app = self.papp
+    try:
+        removed = app.store.cleanup_expired(limit=app.settings.cleanup_batch_size)
+    except StoreUnavailable:
+        logger.warning("cleanup skipped: store unavailable; the next beat tick retries")
+        return {"removed": 0, "skipped": True}
+    return {"removed": removed}
+
+
+def _summary(result: WriteResult) -> dict[str, Any]:
+    return {"outcome": result.outcome.value, "version": result.version}
+
+
+def register_tasks(app: PersistenceApp) -> None:
+    """Register the layer's tasks on ``app`` under their stable names."""
+    common: dict[str, Any] = {"base": PersistenceTask, "bind": True}
+    for name, fn in (
+        (SAVE_TASK, save_state),
+        (SAVE_BATCH_TASK, save_states),
+        (DELETE_TASK, delete_thread),
+        (CLEANUP_TASK, cleanup_expired),
+    ):
+        app.task(name=name, **common)(fn)  # type: ignore[no-untyped-call]
