@@ -15,13 +15,19 @@ local start = 0
 if ARGV[2] ~= '' then
   local member, score = ARGV[2], ARGV[3]
   local held = redis.call('ZSCORE', idx, member)
-  if held and tonumber(held) == tonumber(score) then
+  if held == score then
     start = redis.call('ZRANK', idx, member) + 1
   else
+    -- ZRANK counts the entries before the cursor; the cursor entry itself only counts
+    -- if it really sits before the cursor (moved to an earlier score), not if it was
+    -- removed or moved later: skipping it would skip the first entry after the cursor.
     redis.call('ZADD', idx, score, member)
-    start = redis.call('ZRANK', idx, member) + 1
+    start = redis.call('ZRANK', idx, member)
     if held then
       redis.call('ZADD', idx, held, member)
+      if tonumber(held) < tonumber(score) then
+        start = start + 1
+      end
     else
       redis.call('ZREM', idx, member)
     end
