@@ -9,6 +9,14 @@
 -- script is atomic, so nobody sees it). Entries never move to an earlier position, so every
 -- id live for the whole iteration is returned at least once.
 
+-- A score as a number; Lua 5.2+ (fakeredis can run them) refuses tonumber('inf').
+local function num(s)
+  if s == 'inf' or s == '+inf' then
+    return math.huge
+  end
+  return tonumber(s)
+end
+
 local idx = KEYS[1]
 local size = tonumber(ARGV[1])
 local start = 0
@@ -25,7 +33,7 @@ if ARGV[2] ~= '' then
     start = redis.call('ZRANK', idx, member)
     if held then
       redis.call('ZADD', idx, held, member)
-      if tonumber(held) < tonumber(score) then
+      if num(held) < num(score) then
         start = start + 1
       end
     else
