@@ -8,7 +8,8 @@
 
 local head = redis.call('GETRANGE', KEYS[1], 0, 23)
 local current = '00000000000000000000'
-if #head == 24 and string.sub(head, 1, 3) == 'AP1' then
+-- Only a header with 20 digits is ours; anything else reads as version 0 (replaceable).
+if #head == 24 and string.sub(head, 1, 3) == 'AP1' and string.find(head, '^%d+$', 5) then
   current = string.sub(head, 5, 24)
 end
 local version = ARGV[1]
