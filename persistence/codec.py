@@ -134,9 +134,9 @@ class Codec:
         try:
             version = int(raw[4:24])
             saved_ms = int(raw[24:40])
-        except ValueError as exc:
+            saved_at = datetime.fromtimestamp(saved_ms / 1000, tz=UTC)
+        except (ValueError, OverflowError, OSError) as exc:  # digits, but beyond year 9999
             raise CorruptState(thread_id, "malformed record header") from exc
-        saved_at = datetime.fromtimestamp(saved_ms / 1000, tz=UTC)
         if kind == KIND_TOMBSTONE:
             return Record(version, saved_at, None)
         body = raw[HEADER_SIZE:]
