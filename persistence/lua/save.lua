@@ -1,9 +1,12 @@
 -- Versioned compare-and-set of one thread's record (see persistence/codec.py for the layout).
--- Runs inside the same MULTI/EXEC as the SET that put the new record on the staging key, so
--- the payload never passes through Lua: the record is RENAMEd into place.
+-- Large records: runs inside the same MULTI/EXEC as the SET that put the new record on the
+-- staging key, so the payload never passes through Lua: the record is RENAMEd into place.
+-- Small records come as ARGV[4] instead (one command, no staging key, no MULTI/EXEC): for
+-- them the Lua argument copy costs less than the extra commands.
 --
 -- KEYS[1] record key   KEYS[2] staging key   KEYS[3] index (sorted set)
 -- ARGV[1] new version (20 digits)   ARGV[2] TTL in ms, or '' for none   ARGV[3] thread id
+-- ARGV[4] the record itself (optional; absent: the record is on the staging key)
 -- Returns {outcome, version held afterwards}: 0 written, 1 duplicate, 2 stale.
 
 local head = redis.call('GETRANGE', KEYS[1], 0, 23)
@@ -13,14 +16,21 @@ if #head == 24 and string.sub(head, 1, 3) == 'AP1' and string.find(head, '^%d+$'
   current = string.sub(head, 5, 24)
 end
 local version = ARGV[1]
+local inline = ARGV[4]
 if version <= current then
-  redis.call('DEL', KEYS[2])
+  if not inline then
+    redis.call('DEL', KEYS[2])
+  end
   if version == current then
     return {1, current}
   end
   return {2, current}
 end
-redis.call('RENAME', KEYS[2], KEYS[1])
+if inline then
+  redis.call('SET', KEYS[1], inline)
+else
+  redis.call('RENAME', KEYS[2], KEYS[1])
+end
 if ARGV[2] ~= '' then
   local t = redis.call('TIME')
   local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
