@@ -1,0 +1,309 @@
+"""``agents-persistence``: the demo, and operator commands over one namespace.
+
+Settings come from the environment (``AGENTS_PERSISTENCE_*``, a ``.env`` file) like everywhere
+else; ``--redis-url`` and ``--namespace`` override them. Errors are printed as one clean line
+(no traceback) with exit code 1; URLs are only ever shown redacted.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+import click
+import redis
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from config.settings import redact_url
+from tasks.cli_context import CliGroup, Context, fail, pass_context
+from tasks.demo import DemoOptions, run_demo
+from tasks.embedded import EmbeddedKind
+from tasks.names import SAVE_BATCH_TASK, SAVE_TASK
+
+__all__ = ["main"]
+
+
+@click.group(cls=CliGroup)
+@click.option("--redis-url", metavar="URL", help="The store (default: settings / environment).")
+@click.option("--namespace", metavar="NS", help="Namespace to work on (default: settings).")
+@click.version_option(package_name="agents-persistence")
+@click.pass_context
+def main(ctx: click.Context, redis_url: str | None, namespace: str | None) -> None:
+    """Agent-state persistence over Redis and Celery: the demo and operator commands.
+
+    Settings come from AGENTS_PERSISTENCE_* variables (or .env); the options override them.
+    """
+    overrides = {"redis_url": redis_url, "namespace": namespace}
+    ctx.obj = Context({k: v for k, v in overrides.items() if v is not None}, Console())
+
+
+@main.command("list")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=100,
+    show_default=True,
+    help="Stop after this many threads (0: all).",
+)
+@click.option("--page-size", type=click.IntRange(1, 100_000), default=500, show_default=True)
+@pass_context
+def list_threads(obj: Context, limit: int, page_size: int) -> None:
+    """Print live thread ids, one per line (paginated; expired ones left out)."""
+    seen: set[str] = set()
+    threads = obj.store.iter_threads(page_size=min(page_size, limit or page_size))
+    for thread_id in threads:
+        if thread_id in seen:  # saved again during the walk
+            continue
+        if limit and len(seen) >= limit:
+            click.echo(f"(first {limit} threads shown; --limit 0 for all)", err=True)
+            return
+        seen.add(thread_id)
+        click.echo(thread_id)
+    click.echo(f"{len(seen)} thread(s) in namespace {obj.settings.namespace}", err=True)
+
+
+@main.command()
+@click.argument("thread_id")
+@pass_context
+def show(obj: Context, thread_id: str) -> None:
+    """Print a thread's version, save time and state (pretty JSON)."""
+    checkpoint = obj.store.load_checkpoint(thread_id)
+    if checkpoint is None:
+        fail(
+            f"no live state for thread {thread_id!r} in namespace {obj.settings.namespace!r} "
+            "(never saved, deleted or expired)"
+        )
+    saved = checkpoint.saved_at.isoformat() if checkpoint.saved_at else "- (written by Rust)"
+    out = obj.console
+    out.print(f"thread:    {escape(thread_id)}", soft_wrap=True)
+    out.print(f"version:   {checkpoint.version}", highlight=False)
+    out.print(f"saved_at:  {saved}", highlight=False)
+    out.print_json(checkpoint.state.model_dump_json())
+
+
+@main.command()
+@click.argument("thread_id")
+@click.option(
+    "--version",
+    "version",
+    type=click.IntRange(min=1),
+    default=None,
+    help="The delete's version (default: newer than anything stored).",
+)
+@pass_context
+def delete(obj: Context, thread_id: str, version: int | None) -> None:
+    """Delete a thread, leaving a tombstone that keeps older saves out."""
+    result = obj.store.delete_thread(thread_id, version=version)
+    if result.stale:
+        fail(f"not deleted: thread {thread_id!r} holds a newer version ({result.current_version})")
+    keep = obj.settings.tombstone_ttl_seconds
+    click.echo(
+        f"deleted {thread_id} (tombstone at version {result.current_version}, kept {keep:g} s)"
+    )
+
+
+@main.command()
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 100_000),
+    default=None,
+    help="Remove at most this many entries (default: all).",
+)
+@pass_context
+def cleanup(obj: Context, limit: int | None) -> None:
+    """Drop expired threads from the index (what beat runs periodically)."""
+    removed = obj.store.cleanup_expired(limit)
+    click.echo(f"removed {removed} expired index entries from namespace {obj.settings.namespace}")
+
+
+@main.command()
+@pass_context
+def stats(obj: Context) -> None:
+    """Threads, dead letters, keys of the namespace, and the server's memory."""
+    store, settings = obj.store, obj.settings
+    live, expired = store.count_threads()
+    keys = sum(1 for _ in store.client.scan_iter(match=store.keys.pattern, count=1000))
+    table = Table(title=f"namespace {settings.namespace}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    rows = [
+        ("store", redact_url(settings.redis_url)),
+        ("live threads", str(live)),
+        ("expired, not yet cleaned", str(expired)),
+        ("dead letters", str(obj.dead_letters.count())),
+        ("keys in namespace", str(keys)),
+    ]
+    try:
+        info = store.client.info()
+        rows += [
+            ("redis version", str(info.get("redis_version", "?"))),
+            ("redis memory", str(info.get("used_memory_human", "?"))),
+            ("maxmemory-policy", str(info.get("maxmemory_policy", "?"))),
+            ("aof_enabled", str(info.get("aof_enabled", "?"))),
+        ]
+    except redis.exceptions.ResponseError:  # a server without INFO (fakeredis)
+        rows.append(("redis memory", "n/a (INFO not supported)"))
+    for name, value in rows:
+        table.add_row(name, escape(value))
+    obj.console.print(table)
+
+
+@main.group("dead-letters", cls=click.Group)
+def dead_letters() -> None:
+    """Hand-offs that failed for good: list, replay, purge."""
+
+
+@dead_letters.command("list")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print whole entries as JSON.")
+@pass_context
+def dead_letters_list(obj: Context, limit: int, as_json: bool) -> None:
+    """The newest dead letters first."""
+    entries = obj.dead_letters.list(limit)
+    if as_json:
+        click.echo(json.dumps(entries, indent=2, sort_keys=True))
+        return
+    table = Table(title=f"{obj.dead_letters.count()} dead letter(s)")
+    for column in ("id", "at", "task", "error", "reason"):
+        table.add_column(column, overflow="fold")
+    for e in entries:
+        table.add_row(
+            *(escape(str(e.get(k) or "-")) for k in ("id", "at", "task", "error")),
+            escape(str(e.get("reason", ""))[:200]),
+        )
+    obj.console.print(table)
+
+
+@dead_letters.command("replay")
+@click.argument("entry_id")
+@pass_context
+def dead_letters_replay(obj: Context, entry_id: str) -> None:
+    """Publish a dead letter's task again, then remove the entry."""
+    entry = next(
+        (
+            e
+            for e in obj.dead_letters.list(obj.settings.dead_letter_max_length)
+            if e.get("id") == entry_id
+        ),
+        None,
+    )
+    if entry is None:
+        fail(f"no dead letter with id {entry_id!r}")
+    task, args, kwargs = entry.get("task"), entry.get("args", []), entry.get("kwargs")
+    if not isinstance(task, str) or not isinstance(kwargs, dict) or not isinstance(args, list):
+        kind = "a raw message body" if "body_base64" in entry else "no task arguments"
+        fail(
+            f"dead letter {entry_id} holds {kind} ({entry.get('error')}); it cannot be "
+            "replayed, only inspected (dead-letters list --json) or purged"
+        )
+    if task == SAVE_BATCH_TASK and entry.get("batch"):
+        task = SAVE_TASK  # one bad entry of a batch: its kwargs are a single save's
+    obj.app.send_task(
+        task,
+        args=args,
+        kwargs=kwargs,
+        queue=obj.settings.queue,
+        retry=True,
+        retry_policy={"max_retries": obj.settings.publish_max_retries},
+    )
+    obj.dead_letters.remove(entry_id)
+    click.echo(f"replayed {entry_id} as {task} on queue {obj.settings.queue}")
+
+
+@dead_letters.command("purge")
+@click.confirmation_option("--yes", prompt="Drop every dead letter of this namespace?")
+@pass_context
+def dead_letters_purge(obj: Context) -> None:
+    """Drop every dead letter."""
+    click.echo(f"purged {obj.dead_letters.purge()} dead letter(s)")
+
+
+@main.command()
+@click.option(
+    "-n",
+    "--agents",
+    type=click.IntRange(1, 1000),
+    default=20,
+    show_default=True,
+    help="Agent threads.",
+)
+@click.option(
+    "-m",
+    "--steps",
+    type=click.IntRange(1, 100_000),
+    default=50,
+    show_default=True,
+    help="Snapshots each agent hands off.",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["buffered", "durable"]),
+    default="buffered",
+    show_default=True,
+    help="Hand-off mode of the CeleryCheckpointer.",
+)
+@click.option(
+    "--embedded",
+    type=click.Choice(["auto", "redis-server", "fakeredis"]),
+    default="auto",
+    show_default=True,
+    help="Private Redis to start when AGENTS_PERSISTENCE_REDIS_URL is not set.",
+)
+@click.option("--keep", is_flag=True, help="Leave the demo's keys in the store.")
+@click.option(
+    "--think-ms",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Pause of each agent between steps.",
+)
+@click.option(
+    "--concurrency",
+    "-c",
+    type=click.IntRange(1, 64),
+    default=2,
+    show_default=True,
+    help="Worker pool processes.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=60.0,
+    show_default=True,
+    help="Seconds flush() may wait for the worker.",
+)
+@pass_context
+def demo(
+    obj: Context,
+    *,
+    agents: int,
+    steps: int,
+    mode: Literal["durable", "buffered"],
+    embedded: EmbeddedKind,
+    keep: bool,
+    think_ms: float,
+    concurrency: int,
+    timeout: float,
+) -> None:
+    """A simulated agent fleet handing snapshots to a real Celery worker, audited.
+
+    Without AGENTS_PERSISTENCE_REDIS_URL it starts a private Redis; with it, it works in a
+    fresh sub-namespace (or --namespace) and removes its keys afterwards (unless --keep).
+    Exit code 1 if any snapshot handed off was lost.
+    """
+    opts = DemoOptions(
+        agents=agents,
+        steps=steps,
+        mode=mode,
+        embedded=embedded,
+        keep=keep,
+        think_ms=think_ms,
+        concurrency=concurrency,
+        timeout=timeout,
+        namespace=obj.overrides.get("namespace"),
+    )
+    code = run_demo(obj.settings, opts, obj.console)
+    if code:
+        raise click.exceptions.Exit(code)
