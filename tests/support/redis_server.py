@@ -33,6 +33,8 @@ from typing import Any, Self
 from urllib.parse import quote
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 __all__ = [
     "RedisServer",
@@ -180,9 +182,9 @@ class RedisServer:
             try:
                 self._spawn()
                 return self
-            except RedisServerError:
+            except RedisServerError as exc:
                 # Someone took the free port between our probe and the bind: pick another.
-                if attempt + 1 == attempts or self._fixed_port is not None:
+                if attempt + 1 == attempts or "already in use" not in str(exc):
                     raise
                 self._port = None
         raise AssertionError("unreachable")
@@ -215,6 +217,7 @@ class RedisServer:
             password=self.requirepass,
             socket_timeout=1.0,
             socket_connect_timeout=0.5,
+            retry=Retry(NoBackoff(), 0),
         )
         try:
             while True:
@@ -305,7 +308,8 @@ class RedisServer:
     def client(self, **kwargs: Any) -> redis.Redis:
         """A ``redis.Redis`` for this server (closed by :meth:`close`).
 
-        Keyword arguments override the defaults (password, timeouts, ...).
+        Keyword arguments override the defaults (password, timeouts, ...). redis-py's own
+        retries are off by default, so a test sees every failure as it happens.
         """
         options: dict[str, Any] = {
             "host": self.host,
@@ -313,6 +317,7 @@ class RedisServer:
             "password": self.requirepass,
             "socket_timeout": 5.0,
             "socket_connect_timeout": 2.0,
+            "retry": Retry(NoBackoff(), 0),
         }
         options.update(kwargs)
         client = redis.Redis(**options)

@@ -6,19 +6,18 @@ however many commands it carries. :func:`counting_connection_class` makes a
 ``redis.Connection`` subclass that counts them; pass it as ``connection_class`` to
 ``redis.Redis.from_url`` (or ``RedisCheckpointer.from_url``).
 
-``python -m tests.support.roundtrips [URL]`` prints the figures for the checkpointer.
+``python -m tests.support [URL]`` prints the figures for the checkpointer.
 """
 
 from __future__ import annotations
 
-import sys
+import secrets
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
 from redis.connection import Connection
 
 from persistence import AgentStateSnapshot, RedisCheckpointer, TodoItem
@@ -77,6 +76,10 @@ def counting_connection_class(counter: RoundTripCounter) -> type[Connection]:
     class CountingConnection(Connection):
         _pending: tuple[str, ...] = ()
 
+        def send_command(self, *args: Any, **kwargs: Any) -> None:
+            self._pending = (_name(args[0]),) if args else ()
+            super().send_command(*args, **kwargs)  # type: ignore[no-untyped-call]
+
         def pack_command(self, *args: Any) -> Any:
             self._pending = (_name(args[0]),) if args else ()
             return super().pack_command(*args)  # type: ignore[no-untyped-call]
@@ -98,7 +101,8 @@ def measure_checkpointer_round_trips(url: str, namespace: str) -> dict[str, int]
     """Round trips of each ``RedisCheckpointer`` call on a warm connection.
 
     Writes only under ``namespace`` (the caller removes it). Returns figures for
-    ``save``, ``load``, ``load_missing``, ``delete``, ``list`` (a few threads) and
+    ``save`` (a small snapshot), ``save_large`` (~200 KB of incompressible text),
+    ``load``, ``load_large``, ``load_missing``, ``delete``, ``list`` (a few threads) and
     ``save_many_100``.
     """
     counter = RoundTripCounter()
@@ -106,6 +110,7 @@ def measure_checkpointer_round_trips(url: str, namespace: str) -> dict[str, int]
         url, namespace=namespace, connection_class=counting_connection_class(counter)
     )
     state = AgentStateSnapshot(todos=[TodoItem.pending("count")], files={"f": "x" * 100})
+    large = AgentStateSnapshot(files={"big": secrets.token_hex(100_000)})
     try:
         # Warm up: connect (HELLO/CLIENT SETINFO) and make sure every script is loaded.
         store.client.ping()
@@ -121,7 +126,9 @@ def measure_checkpointer_round_trips(url: str, namespace: str) -> dict[str, int]
             figures[what] = len(trips)
 
         count("save", store.save_state, "t1", state)
+        count("save_large", store.save_state, "big", large)
         count("load", store.load_state, "t1")
+        count("load_large", store.load_state, "big")
         count("load_missing", store.load_state, "nothing-here")
         count("list", store.list_threads)
         count("delete", store.delete_thread, "t1")
@@ -130,24 +137,3 @@ def measure_checkpointer_round_trips(url: str, namespace: str) -> dict[str, int]
         return figures
     finally:
         store.close()
-
-
-def main(argv: list[str]) -> int:
-    """Print the figures for the server at ``argv[0]`` (default the local one)."""
-    from tests.support.namespaces import delete_namespace, unique_namespace
-
-    url = argv[0] if argv else "redis://127.0.0.1:6379/0"
-    namespace = unique_namespace("roundtrips")
-    try:
-        figures = measure_checkpointer_round_trips(url, namespace)
-    finally:
-        client = redis.Redis.from_url(url)
-        delete_namespace(client, namespace)
-        client.close()
-    for what, trips in figures.items():
-        print(f"{what:>14}: {trips} round trip(s)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
