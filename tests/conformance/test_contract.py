@@ -172,14 +172,14 @@ def test_ttl_in_whole_seconds(backend: Backend) -> None:
 
 
 def test_every_write_refreshes_the_ttl(backend: Backend) -> None:
-    store = backend.make(ttl=0.5)
+    store = backend.make(ttl=0.6)
     store.save_state("t", sample_state("1"))
-    time.sleep(0.3)
+    time.sleep(0.35)
     store.save_state("t", sample_state("2"))
-    time.sleep(0.3)  # 0.6 s after the first save, 0.3 s after the second
+    time.sleep(0.35)  # 0.7 s after the first save, 0.35 s after the second
     assert files_tag(store, "t") == "2"
     assert store.list_threads() == ["t"]
-    time.sleep(0.3)
+    time.sleep(0.35)
     assert store.load_state("t") is None
 
 

@@ -200,3 +200,16 @@ def test_validation_error_from_environment_carries_no_password(
     with pytest.raises(ValidationError) as info:
         Settings()
     assert SECRET not in str(info.value)
+
+
+@pytest.mark.xfail(
+    reason="known gap: ValidationError.errors()/.json() keep the raw input (the URL with its "
+    "password); only str()/repr() hide it (hide_input_in_errors). Callers that log "
+    "errors() must pass include_input=False.",
+    strict=True,
+)
+def test_structured_validation_errors_carry_no_password() -> None:
+    with pytest.raises(ValidationError) as info:
+        Settings(redis_url=f"redis://:{SECRET}@store:notaport/0")
+    assert SECRET not in info.value.json()
+    assert SECRET not in str(info.value.errors())
