@@ -113,7 +113,12 @@ def real_redis(real_redis_url: str) -> Iterator[redis.Redis]:
 # -- namespaces -----------------------------------------------------------------------------------
 @pytest.fixture
 def namespace_factory(request: pytest.FixtureRequest) -> Iterator[Callable[[], str]]:
-    """Make fresh namespaces; their keys on the shared server are deleted after the test."""
+    """Make fresh namespaces; their keys on the shared server are deleted after the test.
+
+    Clean-up runs when the test touched the shared server through ``real_redis_url`` or
+    ``real_redis`` (so tests on fakeredis or a private server pay no SCAN): request one of
+    them to write to the shared server.
+    """
     made: list[str] = []
 
     def make() -> str:
