@@ -8,6 +8,8 @@ else; ``--redis-url`` and ``--namespace`` override them. Errors are printed as o
 from __future__ import annotations
 
 import json
+import logging
+import sys
 from typing import Literal
 
 import click
@@ -28,13 +30,19 @@ __all__ = ["main"]
 @click.group(cls=CliGroup)
 @click.option("--redis-url", metavar="URL", help="The store (default: settings / environment).")
 @click.option("--namespace", metavar="NS", help="Namespace to work on (default: settings).")
+@click.option("-v", "--verbose", is_flag=True, help="Log retries and warnings to stderr.")
 @click.version_option(package_name="agents-persistence")
 @click.pass_context
-def main(ctx: click.Context, redis_url: str | None, namespace: str | None) -> None:
+def main(ctx: click.Context, redis_url: str | None, namespace: str | None, verbose: bool) -> None:
     """Agent-state persistence over Redis and Celery: the demo and operator commands.
 
     Settings come from AGENTS_PERSISTENCE_* variables (or .env); the options override them.
     """
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.ERROR,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     overrides = {"redis_url": redis_url, "namespace": namespace}
     ctx.obj = Context({k: v for k, v in overrides.items() if v is not None}, Console())
 

@@ -265,7 +265,7 @@ def _remove_demo_keys(
         for i in range(0, len(doomed), 500):
             client.unlink(*doomed[i : i + 500])
     except redis.exceptions.RedisError as exc:
-        logger.warning("could not remove the demo's keys from %s: %s", keys.namespace, exc)
+        logger.error("could not remove the demo's keys from %s: %s", keys.namespace, exc)
 
 
 def _summary(
