@@ -1,0 +1,122 @@
+"""compose.yaml and the Dockerfile, checked without a Docker engine.
+
+The deployment must run the same Celery app as the tests (``-A tasks``), exactly one beat,
+a Redis that neither loses acknowledged writes nor evicts state, and only settings that
+``config.Settings`` really reads.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from config import Settings
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+PREFIX = str(Settings.model_config.get("env_prefix", ""))
+
+
+@pytest.fixture(scope="module")
+def services() -> dict[str, dict[str, Any]]:
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    found: dict[str, dict[str, Any]] = compose["services"]
+    return found
+
+
+def argv(service: dict[str, Any]) -> list[str]:
+    command = service.get("command", [])
+    return shlex.split(command) if isinstance(command, str) else [str(c) for c in command]
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def celery_role(service: dict[str, Any]) -> str | None:
+    """``worker`` / ``beat`` for ``celery -A tasks <role>`` commands, else None."""
+    args = argv(service)
+    if not args or args[0] != "celery" or "-A" not in args:
+        return None
+    app = args[args.index("-A") + 1]
+    return f"{app}:{args[args.index('-A') + 2]}"
+
+
+def test_worker_and_beat_run_the_tasks_app(services: dict[str, dict[str, Any]]) -> None:
+    assert celery_role(services["worker"]) == "tasks:worker"
+    assert celery_role(services["beat"]) == "tasks:beat"
+    assert "--concurrency" in argv(services["worker"])
+
+
+def test_exactly_one_beat(services: dict[str, dict[str, Any]]) -> None:
+    beats = [name for name, svc in services.items() if "beat" in argv(svc)]
+    assert beats == ["beat"]
+    beat = services["beat"]
+    assert beat.get("deploy", {}).get("replicas", 1) == 1
+    assert beat.get("scale", 1) == 1
+    text = (ROOT / "compose.yaml").read_text()
+    assert re.search(r"exactly one beat", text, re.IGNORECASE), "the beat rule is not written down"
+
+
+def test_every_variable_is_a_settings_field(services: dict[str, dict[str, Any]]) -> None:
+    fields = set(Settings.model_fields)
+    seen = 0
+    for name, svc in services.items():
+        ours = {k: v for k, v in environment(svc).items() if k.upper().startswith(PREFIX)}
+        for key in ours:
+            assert key[len(PREFIX) :].lower() in fields, f"{name}: {key} is not a Settings field"
+        seen += len(ours)
+        if ours:
+            # The values validate as well (URL schemes, namespace pattern, bounds).
+            Settings.model_validate({k[len(PREFIX) :].lower(): v for k, v in ours.items()})
+    assert seen, "compose.yaml configures nothing through AGENTS_PERSISTENCE_* variables"
+    assert environment(services["worker"]) == environment(services["beat"])
+    assert environment(services["worker"])[f"{PREFIX}REDIS_URL"] == "redis://redis:6379/0"
+
+
+def test_redis_is_durable_and_never_evicts(services: dict[str, dict[str, Any]]) -> None:
+    redis = services["redis"]
+    assert str(redis["image"]).startswith("redis:7")
+    args = argv(redis)
+    assert args[args.index("--appendonly") + 1] == "yes"
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    assert "redis-cli" in redis["healthcheck"]["test"]
+    assert "ping" in redis["healthcheck"]["test"]
+    assert any(str(v).endswith(":/data") for v in redis["volumes"])
+
+
+def test_worker_and_beat_wait_for_a_healthy_redis(services: dict[str, dict[str, Any]]) -> None:
+    for name in ("worker", "beat"):
+        depends = services[name]["depends_on"]
+        assert depends["redis"]["condition"] == "service_healthy", name
+
+
+def test_flower_is_optional(services: dict[str, dict[str, Any]]) -> None:
+    assert services["flower"]["profiles"] == ["flower"]
+    for name in ("redis", "worker", "beat"):
+        assert "profiles" not in services[name]
+
+
+def test_dockerfile_installs_the_project_as_a_non_root_user() -> None:
+    lines = [
+        line.strip()
+        for line in (ROOT / "Dockerfile").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    assert lines[0] == "FROM python:3.11-slim"
+    assert any(re.search(r"\bpip install \.(\s|$)", line) for line in lines)
+    copied = " ".join(line for line in lines if line.startswith("COPY"))
+    for path in ("pyproject.toml", "config", "persistence", "tasks"):
+        assert path in copied, f"the image does not get {path}"
+    users = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert users, "the image runs as root"
+    assert users[-1] not in {"root", "0"}
