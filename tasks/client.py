@@ -38,6 +38,7 @@ from tasks.celery_app import PersistenceApp, create_app
 from tasks.messages import batch_message, save_message
 from tasks.names import SAVE_BATCH_TASK, SAVE_TASK
 from tasks.publisher import BufferedPublisher
+from tasks.sender import TaskSender
 
 __all__ = ["CeleryCheckpointer", "HandOff"]
 
@@ -104,6 +105,7 @@ class CeleryCheckpointer:
             "interval_step": 0.2,
             "interval_max": 1.0,
         }
+        self._sender = TaskSender(self.app, settings.queue, self._retry_policy)
         self.handed_off = 0
         self.written_through = 0
         self._publisher: BufferedPublisher | None = None
@@ -167,15 +169,13 @@ class CeleryCheckpointer:
         if self._eager:
             self._run_eager(SAVE_TASK, kwargs)
             return
+        kwargsrepr = (
+            f"{{'namespace': {self.namespace!r}, 'thread_id': {save.thread_id!r}, "
+            f"'version': {save.version}, 'state': <{len(save.body)} bytes of JSON>, "
+            f"'saved_at_ms': {save.saved_at_ms}}}"
+        )
         try:
-            self.app.send_task(
-                SAVE_TASK,
-                kwargs=kwargs,
-                queue=self.settings.queue,
-                retry=True,
-                retry_policy=self._retry_policy,
-                ignore_result=True,
-            )
+            self._sender.send(SAVE_TASK, kwargs, kwargsrepr[:1024])
         except _BROKER_ERRORS as exc:
             self._broker_down([save], exc)
 
@@ -184,15 +184,13 @@ class CeleryCheckpointer:
         if self._eager:
             self._run_eager(SAVE_BATCH_TASK, kwargs)
             return
+        size = sum(len(s.body) for s in saves)
+        kwargsrepr = (
+            f"{{'namespace': {self.namespace!r}, "
+            f"'entries': <{len(saves)} snapshots, {size} bytes of JSON>}}"
+        )
         try:
-            self.app.send_task(
-                SAVE_BATCH_TASK,
-                kwargs=kwargs,
-                queue=self.settings.queue,
-                retry=True,
-                retry_policy=self._retry_policy,
-                ignore_result=True,
-            )
+            self._sender.send(SAVE_BATCH_TASK, kwargs, kwargsrepr)
         except _BROKER_ERRORS as exc:
             self._broker_down(saves, exc)
 
