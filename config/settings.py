@@ -85,7 +85,12 @@ class Settings(BaseSettings):
         default=None, description="Celery broker URL; default: the store's server."
     )
     namespace: str = Field(default="agents", description="First segment of every key.")
-    queue: str = Field(default="agents_persistence", min_length=1, max_length=200)
+    queue: str = Field(
+        default="agents_persistence",
+        min_length=1,
+        max_length=200,
+        description="Celery queue the hand-offs go to and the workers consume.",
+    )
 
     # -- retention ------------------------------------------------------------------------
     ttl_seconds: float | None = Field(
@@ -99,50 +104,104 @@ class Settings(BaseSettings):
     )
 
     # -- payloads -------------------------------------------------------------------------
-    max_snapshot_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    max_snapshot_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        description="Largest snapshot accepted, in bytes of JSON (SnapshotTooLarge above).",
+    )
     compress_threshold_bytes: int | None = Field(
         default=16 * 1024, ge=0, description="Compress stored JSON at or above this; None: never."
     )
 
     # -- the store's connection and retry policy (tenacity) --------------------------------
-    socket_timeout_seconds: float = Field(default=5.0, gt=0)
-    socket_connect_timeout_seconds: float = Field(default=2.0, gt=0)
-    retry_attempts: int = Field(default=5, ge=1, le=100)
-    retry_initial_backoff_seconds: float = Field(default=0.05, gt=0)
-    retry_max_backoff_seconds: float = Field(default=2.0, gt=0)
+    socket_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="Timeout of one store command (and broker socket)."
+    )
+    socket_connect_timeout_seconds: float = Field(
+        default=2.0, gt=0, description="Timeout of connecting to the store (and broker)."
+    )
+    retry_attempts: int = Field(
+        default=5, ge=1, le=100, description="Retries of one store call after its first failure."
+    )
+    retry_initial_backoff_seconds: float = Field(
+        default=0.05, gt=0, description="First wait between store retries (before jitter)."
+    )
+    retry_max_backoff_seconds: float = Field(
+        default=2.0, gt=0, description="Longest single wait between store retries."
+    )
     retry_deadline_seconds: float = Field(
         default=15.0, gt=0, description="Give up (StoreUnavailable) after this long in total."
     )
 
     # -- Celery -----------------------------------------------------------------------------
     eager: bool = Field(default=False, description="Run tasks inline (tests, development).")
-    task_max_retries: int = Field(default=8, ge=0, le=1000)
-    task_retry_backoff_max_seconds: float = Field(default=60.0, gt=0)
-    task_soft_time_limit_seconds: float = Field(default=60.0, gt=0)
-    task_time_limit_seconds: float = Field(default=90.0, gt=0)
+    task_max_retries: int = Field(
+        default=8,
+        ge=0,
+        le=1000,
+        description="Celery retries of a task whose store stayed unavailable; then it is "
+        "dead-lettered.",
+    )
+    task_retry_backoff_max_seconds: float = Field(
+        default=60.0, gt=0, description="Longest countdown between two Celery retries."
+    )
+    task_soft_time_limit_seconds: float = Field(
+        default=60.0, gt=0, description="Soft time limit of one task."
+    )
+    task_time_limit_seconds: float = Field(
+        default=90.0, gt=0, description="Hard time limit of one task (its process is replaced)."
+    )
     visibility_timeout_seconds: float | None = Field(
         default=None,
         gt=0,
         description="Redis/SQS broker redelivery delay for unacked messages; default: derived "
         "from the time limit and the retry span.",
     )
-    worker_prefetch_multiplier: int = Field(default=1, ge=1)
-    publish_max_retries: int = Field(default=3, ge=0)
-    publish_timeout_seconds: float = Field(default=5.0, gt=0)
+    worker_prefetch_multiplier: int = Field(
+        default=1, ge=1, description="Messages each worker process reserves ahead."
+    )
+    publish_max_retries: int = Field(
+        default=3, ge=0, description="Publish retries at hand-off before HandOffError."
+    )
+    publish_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="Broker connection timeout at hand-off."
+    )
     write_through_on_broker_error: bool = Field(
         default=False, description="If the broker is down at hand-off, write synchronously."
     )
-    cleanup_interval_seconds: float = Field(default=60.0, gt=0)
-    cleanup_batch_size: int = Field(default=10_000, ge=1)
-    dead_letter_max_length: int = Field(default=100_000, ge=1)
+    cleanup_interval_seconds: float = Field(
+        default=60.0, gt=0, description="How often beat schedules the cleanup task."
+    )
+    cleanup_batch_size: int = Field(
+        default=10_000, ge=1, description="Most expired index entries one cleanup removes."
+    )
+    dead_letter_max_length: int = Field(
+        default=100_000, ge=1, description="Dead letters kept per namespace (oldest dropped)."
+    )
 
     # -- hand-off batching ------------------------------------------------------------------
-    handoff_mode: Literal["durable", "buffered"] = "durable"
-    batch_max_snapshots: int = Field(default=100, ge=1, le=10_000)
-    batch_max_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
-    batch_linger_seconds: float = Field(default=0.005, ge=0)
-    buffer_max_snapshots: int = Field(default=10_000, ge=1)
-    buffer_full_policy: Literal["block", "raise"] = "block"
+    handoff_mode: Literal["durable", "buffered"] = Field(
+        default="durable",
+        description="durable: save_state returns once the broker has the message; buffered: "
+        "at once, and a background thread publishes batches.",
+    )
+    batch_max_snapshots: int = Field(
+        default=100, ge=1, le=10_000, description="Most snapshots in one batch message."
+    )
+    batch_max_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024, description="Most bytes of JSON in one batch message."
+    )
+    batch_linger_seconds: float = Field(
+        default=0.005, ge=0, description="How long the publisher waits to fill a batch."
+    )
+    buffer_max_snapshots: int = Field(
+        default=10_000,
+        ge=1,
+        description="Hand-off buffer size (buffered mode): the most an agent crash can lose.",
+    )
+    buffer_full_policy: Literal["block", "raise"] = Field(
+        default="block", description="When the buffer is full: block save_state, or raise."
+    )
 
     # -- validators -------------------------------------------------------------------------
     @field_validator("redis_url")
