@@ -67,6 +67,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_consumer": "tasks.consumer:DeadLetterConsumer",
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
+        # Remote control (celery inspect/control) listens on a fanout channel. On a Redis
+        # broker that goes away, kombu's first close of that channel fails half-way, the
+        # connection is detached, and the retried close raises AttributeError, which kills
+        # the worker instead of letting it reconnect (seen on broker restarts).
+        "worker_enable_remote_control": not broker.startswith(("redis", "rediss")),
         "beat_schedule": {
             CLEANUP_TASK: {
                 "task": CLEANUP_TASK,
