@@ -24,9 +24,11 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import redis
+from kombu import Connection
+from kombu.exceptions import KombuError
 from pydantic import SecretStr
 from rich.console import Console
 from rich.markup import escape
@@ -168,14 +170,11 @@ class _Demo:
         self.stack.callback(store.close)
         store.retry.call("ping", store.client.ping)
         if not options.keep:
-            self.stack.callback(
-                _remove_demo_keys,
-                store,
-                demo,
-                [*self.thread_ids, self.probe_id],
-                whole_namespace=options.namespace is None,
-                external=external,
-            )
+            ids = [*self.thread_ids, self.probe_id]
+            whole = options.namespace is None
+            self.stack.callback(_remove_demo_keys, store, ids, whole_namespace=whole)
+            if external or demo.broker_url is not None:  # not a throwaway embedded server
+                self.stack.callback(_remove_demo_queue, demo)
         return store, demo, label
 
     @property
@@ -242,12 +241,7 @@ def _durable(wait: Callable[[float], None], timeout: float) -> bool:
 
 
 def _remove_demo_keys(
-    store: RedisCheckpointer,
-    settings: Settings,
-    thread_ids: list[str],
-    *,
-    whole_namespace: bool,
-    external: bool,
+    store: RedisCheckpointer, thread_ids: list[str], *, whole_namespace: bool
 ) -> None:
     """Delete what the demo wrote: its own namespace, or only its threads in a given one."""
     client, keys = store.client, store.keys
@@ -257,15 +251,32 @@ def _remove_demo_keys(
         else:
             doomed = [keys.thread(tid) for tid in thread_ids]
             client.zrem(keys.index, *thread_ids)
-        if external and settings.broker_url is None:
-            # The broker shares the server: drop the demo queue's kombu keys as well (its
-            # exchange is named after it). kombu expires and sweeps the pidbox bindings itself.
-            q = settings.queue
-            doomed += [q, f"_kombu.binding.{q}", f"_kombu.binding_permanent.{q}"]
         for i in range(0, len(doomed), 500):
             client.unlink(*doomed[i : i + 500])
     except redis.exceptions.RedisError as exc:
         logger.error("could not remove the demo's keys from %s: %s", keys.namespace, exc)
+
+
+def _remove_demo_queue(settings: Settings) -> None:
+    """Delete the demo's queue (and the exchange named after it) from the broker."""
+    url, queue = settings.broker.get_secret_value(), settings.queue
+    try:
+        if url.startswith(("redis://", "rediss://", "unix://")):
+            client = redis.Redis.from_url(url, socket_timeout=5.0)
+            try:
+                # kombu's keys for a queue; it expires and sweeps pidbox bindings itself.
+                client.unlink(
+                    queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}"
+                )
+            finally:
+                client.close()
+        else:
+            with Connection(url, connect_timeout=5.0) as conn:
+                channel: Any = conn.default_channel
+                channel.queue_delete(queue)
+                channel.exchange_delete(queue)
+    except (redis.exceptions.RedisError, KombuError, OSError) as exc:
+        logger.error("could not remove the demo's queue %s: %s", queue, exc)
 
 
 def _summary(
