@@ -169,12 +169,12 @@ class _Demo:
         store = RedisCheckpointer.from_settings(demo)
         self.stack.callback(store.close)
         store.retry.call("ping", store.client.ping)
+        if external or demo.broker_url is not None:  # not a throwaway embedded server
+            self.stack.callback(_remove_demo_queue, demo)  # of no use after the run
         if not options.keep:
             ids = [*self.thread_ids, self.probe_id]
             whole = options.namespace is None
             self.stack.callback(_remove_demo_keys, store, ids, whole_namespace=whole)
-            if external or demo.broker_url is not None:  # not a throwaway embedded server
-                self.stack.callback(_remove_demo_queue, demo)
         return store, demo, label
 
     @property
