@@ -22,7 +22,6 @@ from config.settings import redact_url
 from tasks.cli_context import CliGroup, Context, fail, pass_context
 from tasks.demo import DemoOptions, run_demo
 from tasks.embedded import EmbeddedKind
-from tasks.names import SAVE_BATCH_TASK, SAVE_TASK
 
 __all__ = ["main"]
 
@@ -206,8 +205,6 @@ def dead_letters_replay(obj: Context, entry_id: str) -> None:
             f"dead letter {entry_id} holds {kind} ({entry.get('error')}); it cannot be "
             "replayed, only inspected (dead-letters list --json) or purged"
         )
-    if task == SAVE_BATCH_TASK and entry.get("batch"):
-        task = SAVE_TASK  # one bad entry of a batch: its kwargs are a single save's
     obj.app.send_task(
         task,
         args=args,

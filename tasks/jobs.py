@@ -55,14 +55,24 @@ class PersistenceTask(Task):  # type: ignore[type-arg]
         return random.uniform(base / 2, base)
 
     def dead_letter(
-        self, exc: BaseException, args: Sequence[Any], kwargs: Mapping[str, Any], **extra: Any
+        self,
+        exc: BaseException,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        *,
+        task: str | None = None,
+        **extra: Any,
     ) -> None:
-        """Record a permanent failure; if even that fails, give the message back."""
+        """Record a permanent failure; if even that fails, give the message back.
+
+        ``task`` names the task that replays the entry (default: this one); one bad entry
+        of a batch is recorded as a single save, so it replays as one.
+        """
         entry = make_entry(
             str(exc) or type(exc).__name__,
             type(exc).__name__,
             namespace=self.papp.settings.namespace,
-            task=self.name,
+            task=task or self.name,
             task_id=self.request.id,
             retries=self.request.retries,
             args=list(args),
@@ -138,7 +148,9 @@ def save_states(self: PersistenceTask, *args: Any, **kwargs: Any) -> dict[str, A
         try:
             valid.append((entry, parse_entry(entry, app.store.codec)))
         except InvalidInput as exc:
-            self.dead_letter(exc, (), {"namespace": namespace, **entry}, batch=True)
+            self.dead_letter(
+                exc, (), {"namespace": namespace, **entry}, task=SAVE_TASK, batch=True
+            )
             counts["dead_lettered"] += 1
     try:
         results = app.store.save_many([save for _, save in valid])
@@ -154,7 +166,9 @@ def save_states(self: PersistenceTask, *args: Any, **kwargs: Any) -> dict[str, A
         if isinstance(result, WriteResult):
             counts[result.outcome.value] += 1
         else:
-            self.dead_letter(result, (), {"namespace": namespace, **sent}, batch=True)
+            self.dead_letter(
+                result, (), {"namespace": namespace, **sent}, task=SAVE_TASK, batch=True
+            )
             counts["dead_lettered"] += 1
     return counts
 
