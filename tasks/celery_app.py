@@ -35,11 +35,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # recovered up to ~100 s after the visibility timeout, whatever that timeout is.
         "unacked_restore_interval": min(10.0, max(1.0, vt / 4)),
         "unacked_restore_throttle": 1,
-        "socket_timeout": settings.socket_timeout_seconds,
-        "socket_connect_timeout": settings.socket_connect_timeout_seconds,
+        # The broker's sockets answer within the publish timeout or the attempt fails: a
+        # hung (not refusing) broker must not hold a hand-off longer than its bound.
+        "socket_timeout": settings.publish_timeout_seconds,
+        "socket_connect_timeout": min(
+            settings.socket_connect_timeout_seconds, settings.publish_timeout_seconds
+        ),
     }
     if broker.startswith(("amqp", "pyamqp")):
-        transport = {"confirm_publish": True}
+        transport = {"confirm_publish": True, "write_timeout": settings.publish_timeout_seconds}
     return {
         "broker_url": broker,
         "broker_transport_options": transport,

@@ -105,7 +105,9 @@ class CeleryCheckpointer:
             "interval_step": 0.2,
             "interval_max": 1.0,
         }
-        self._sender = TaskSender(self.app, settings.queue, self._retry_policy)
+        self._sender = TaskSender(
+            self.app, settings.queue, self._retry_policy, settings.publish_timeout_seconds
+        )
         self.handed_off = 0
         self.written_through = 0
         self._publisher: BufferedPublisher | None = None
@@ -131,6 +133,23 @@ class CeleryCheckpointer:
         settings = settings if settings is not None else Settings()
         store = RedisCheckpointer.from_settings(settings)
         return cls(store, create_app(settings, store=store), settings=settings, mode=mode)
+
+    @property
+    def handoff_timeout(self) -> float:
+        """The longest ``save_state`` waits on a broker that refuses or hangs before it
+        raises :class:`HandOffError` (durable mode).
+
+        Each attempt (the first, each of ``publish_max_retries``, and one reconnect) waits
+        at most ``publish_timeout_seconds`` to connect and as long again for the broker's
+        answer (RabbitMQ: the publisher confirm); the retry intervals come on top.
+        """
+        policy = self._retry_policy
+        attempts = self.settings.publish_max_retries + 2
+        intervals = sum(
+            min(policy["interval_start"] + i * policy["interval_step"], policy["interval_max"])
+            for i in range(self.settings.publish_max_retries)
+        )
+        return attempts * 2 * self.settings.publish_timeout_seconds + intervals
 
     def __enter__(self) -> CeleryCheckpointer:
         return self

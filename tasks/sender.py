@@ -44,12 +44,21 @@ class TaskSender:
         app: the Celery app (its broker, producer pool and configuration).
         queue: the queue every message goes to.
         retry_policy: kombu publish retry policy, merged over ``task_publish_retry_policy``.
+        timeout: seconds one publish attempt may wait for the broker's confirm (RabbitMQ);
+            None waits forever, so a hung broker would hang the caller.
     """
 
-    def __init__(self, app: Celery, queue: str, retry_policy: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        app: Celery,
+        queue: str,
+        retry_policy: Mapping[str, Any],
+        timeout: float | None = None,
+    ) -> None:
         self.app = app
         self.queue_name = queue
         self.retry_policy = dict(retry_policy)
+        self.timeout = timeout
         conf = app.conf
         self._lean = int(conf.task_protocol) == 2
         self._policy = {**(conf.task_publish_retry_policy or {}), **self.retry_policy}
@@ -112,6 +121,8 @@ class TaskSender:
                 retry=True,
                 retry_policy=self._policy,
                 declare=[self._queue],
+                timeout=self.timeout,
+                confirm_timeout=self.timeout,
             )
 
     def _send_task(self, name: str, kwargs: dict[str, Any], kwargsrepr: str) -> None:
@@ -123,4 +134,6 @@ class TaskSender:
             retry_policy=self.retry_policy,
             ignore_result=True,
             kwargsrepr=kwargsrepr,
+            timeout=self.timeout,
+            confirm_timeout=self.timeout,
         )
