@@ -73,6 +73,8 @@ class Settings(BaseSettings):
         env_file_encoding="utf-8",
         extra="ignore",
         hide_input_in_errors=True,
+        # AGENTS_PERSISTENCE_TTL_SECONDS=none sets an optional field to None.
+        env_parse_none_str="none",
         frozen=True,
     )
 

@@ -51,25 +51,21 @@ def child_env(settings: Settings) -> dict[str, str]:
     """This process's environment with ``settings`` as its ``AGENTS_PERSISTENCE_*`` variables.
 
     Every field is written out, so a child builds exactly the same :class:`Settings` whatever
-    this process got from its environment, ``.env`` or options.
-
-    Raises:
-        ValueError: a field is None where its default is not (the environment cannot say
-            None, so the child would get the default instead).
+    this process got from its environment, ``.env`` or options (None as ``none``).
     """
     prefix = str(Settings.model_config.get("env_prefix", ""))
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith(prefix)}
-    for name, info in Settings.model_fields.items():
+    for name in Settings.model_fields:
         value = getattr(settings, name)
         if value is None:
-            if info.default is not None:
-                raise ValueError(f"{name}=None cannot be passed to a child process")
-            continue
-        if isinstance(value, SecretStr):
-            value = value.get_secret_value()
-        env[f"{prefix}{name}".upper()] = (
-            str(value).lower() if isinstance(value, bool) else str(value)
-        )
+            text = "none"
+        elif isinstance(value, SecretStr):
+            text = value.get_secret_value()
+        elif isinstance(value, bool):
+            text = str(value).lower()
+        else:
+            text = str(value)
+        env[f"{prefix}{name}".upper()] = text
     return env
 
 
