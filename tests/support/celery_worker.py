@@ -223,7 +223,10 @@ class CeleryProcess:
         return sorted(p for p in set(pids) if pid_alive(p))
 
     def group_pids(self) -> list[int]:
-        """Every live process of the group (main process and descendants that stayed in it)."""
+        """Every live process of the group (main process and descendants that stayed in it).
+
+        Meaningful until shortly after the main process is reaped (then the id may be reused).
+        """
         if self._proc is None:
             return []
         return group_pids(self.pgid)
@@ -375,6 +378,11 @@ class CeleryProcess:
         wait up to ``timeout`` s, then SIGKILL the group. Idempotent; use in teardown."""
         if self._proc is None:
             return None
+        if self._returncode is not None:
+            # Already reaped (kill_group, wait): its group was emptied then, and its id may
+            # belong to someone else by now.
+            _LIVE.discard(self)
+            return self._returncode
         try:
             if not self._exited():
                 self.send_signal(signal.SIGTERM)
