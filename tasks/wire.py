@@ -35,13 +35,14 @@ def _needs_kombu(value: Any) -> bool:
     pop, extend = stack.pop, stack.extend
     while stack:
         item = pop()
-        if isinstance(item, dict):
+        kind = type(item)  # orjson makes exactly dict, list, str, int, float, bool or None
+        if kind is dict:
             if "__type__" in item:
                 return True
             extend(item.values())
-        elif isinstance(item, list):
+        elif kind is list:
             extend(item)
-        elif isinstance(item, float) and not -_BIG < item < _BIG:
+        elif kind is float and not -_BIG < item < _BIG:
             return True  # orjson reads integers beyond 64 bits as floats; json keeps ints
     return False
 
