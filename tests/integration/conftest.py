@@ -43,7 +43,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark every test of this package ``integration`` (and ``rabbitmq`` where it applies)."""
     here = Path(__file__).parent
     for item in items:
-        if here in Path(str(item.fspath)).parents:
+        if here in item.path.parents:
             item.add_marker(pytest.mark.integration)
             if "rabbitmq_url" in getattr(item, "fixturenames", ()):
                 item.add_marker(pytest.mark.rabbitmq)
