@@ -52,10 +52,9 @@ def run(app: PersistenceApp, name: str, *args: Any, **kwargs: Any) -> Any:
 
 
 def replay(app: PersistenceApp, entry: dict[str, Any]) -> Any:
-    """Run a dead letter's task again with its arguments (what ``dead-letters replay``
-    publishes); one bad entry of a batch is a single save."""
-    name = SAVE_TASK if entry.get("batch") else entry["task"]
-    result = run(app, name, *entry["args"], **entry["kwargs"])
+    """Run a dead letter's task again with its arguments, as recorded (what
+    ``dead-letters replay`` publishes)."""
+    result = run(app, entry["task"], *entry["args"], **entry["kwargs"])
     assert app.dead_letters.remove(entry["id"]) is not None
     return result
 
@@ -228,6 +227,7 @@ def test_the_batch_task_dead_letters_bad_entries_one_by_one(
     assert sorted(persistence_store.list_threads()) == ["a", "c"]
     (entry,) = eager_app.dead_letters.list()
     assert entry["batch"] is True
+    assert entry["task"] == SAVE_TASK  # recorded as the single save it is
     assert entry["error"] == "BadMessage"
     assert entry["kwargs"]["thread_id"] == "b"
     assert "colour" in entry["reason"]
@@ -377,6 +377,7 @@ def test_a_dead_lettered_batch_entry_replays_as_a_single_save(
     assert counts["dead_lettered"] == 1
     (entry,) = eager_app.dead_letters.list()
     assert entry["batch"] is True
+    assert entry["task"] == SAVE_TASK
     persistence_store.client.delete(key)
     assert replay(eager_app, entry)["outcome"] == "written"
     assert sorted(persistence_store.list_threads()) == ["a", "b"]
