@@ -1,0 +1,110 @@
+"""P3: the core's save and load against the raw Redis work they wrap.
+
+- save: ``RedisCheckpointer.save_state`` (validate, version, encode, one round trip with the
+  compare-and-set) vs a raw write of the same snapshot: pydantic ``to_json`` + ``MULTI; SET;
+  ZADD; EXEC``.
+- load: ``RedisCheckpointer.load_state`` vs raw ``GET`` + ``model_validate_json`` (parse and
+  validate in one pass, the cheapest correct load).
+
+Both with the default codec (zlib for JSON of 16 KB and more) and with compression off.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import partial
+
+from bench.common import SIZES, Context, Section, fmt_us, interleaved, label, ratio, snapshot
+from persistence import AgentStateSnapshot, RedisCheckpointer
+from persistence.codec import Codec
+
+__all__ = ["run"]
+
+_SER = AgentStateSnapshot.__pydantic_serializer__
+
+
+def run(ctx: Context) -> Section:
+    """Measure P3."""
+    sec = Section(
+        "P3",
+        "Store hot paths: save_state / load_state vs raw Redis",
+        ["size", "operation", "p50", "p99", "raw p50", "vs raw"],
+    )
+    ns = f"bench-p3-{os.getpid()}"
+    default = RedisCheckpointer.from_url(ctx.redis_url, namespace=ns)
+    plain = RedisCheckpointer.from_url(
+        ctx.redis_url, namespace=f"{ns}-plain", codec=Codec(compress_threshold=None)
+    )
+    client = default.client
+    raw_key, raw_index = f"{ns}-raw:thread:t", f"{ns}-raw:index"
+    worst_save = worst_load = 0.0
+    try:
+        for size in SIZES:
+            n = ctx.scale(300, 1500) if size < 512 * 1024 else ctx.scale(40, 150)
+            state = snapshot(size)
+            ctx.start(f"P3 {label(size)}", 6 * n)
+
+            def raw_write(state: AgentStateSnapshot = state) -> None:
+                pipe = client.pipeline(transaction=True)
+                pipe.set(raw_key, _SER.to_json(state))
+                pipe.zadd(raw_index, {"t": 1.0})
+                pipe.execute()
+
+            def raw_load() -> AgentStateSnapshot:
+                return AgentStateSnapshot.model_validate_json(client.get(raw_key))  # type: ignore[arg-type]
+
+            raw_write()
+            default.save_state("t", state)
+            plain.save_state("t", state)
+            stats = interleaved(
+                {
+                    "raw_write": raw_write,
+                    "save_default": partial(default.save_state, "t", state),
+                    "save_plain": partial(plain.save_state, "t", state),
+                    "raw_load": raw_load,
+                    "load_default": lambda: default.load_state("t"),
+                    "load_plain": lambda: plain.load_state("t"),
+                },
+                n,
+                tick=ctx.advance,
+            )
+            if default.load_state("t") != state or plain.load_state("t") != state:
+                raise RuntimeError("P3: a loaded state differs from the saved one")
+            raw_w, raw_l = stats["raw_write"].p50_us, stats["raw_load"].p50_us
+            for key, what, base in (
+                ("save_plain", "save_state (compression off)", raw_w),
+                ("save_default", "save_state (default: zlib ≥16 KB)", raw_w),
+                ("raw_write", "raw to_json + MULTI SET ZADD EXEC", raw_w),
+                ("load_plain", "load_state (compression off)", raw_l),
+                ("load_default", "load_state (default: zlib ≥16 KB)", raw_l),
+                ("raw_load", "raw GET + model_validate_json", raw_l),
+            ):
+                st = stats[key]
+                sec.add(**{
+                    "size": label(size), "operation": what, "p50": fmt_us(st.p50_us),
+                    "p99": fmt_us(st.p99_us), "raw p50": fmt_us(base),
+                    "vs raw": ratio(st.p50_us, base),
+                    "_p50_us": st.p50_us, "_p99_us": st.p99_us,
+                })  # fmt: skip
+            worst_save = max(worst_save, stats["save_plain"].p50_us / raw_w)
+            worst_load = max(worst_load, stats["load_plain"].p50_us / raw_l)
+            sec.target(
+                f"save ≤ 1.1x raw write, {label(size)} (compression off)",
+                stats["save_plain"].p50_us / raw_w, 1.1,
+            )  # fmt: skip
+            sec.target(
+                f"load ≤ 1.15x raw GET+validate, {label(size)} (compression off)",
+                stats["load_plain"].p50_us / raw_l, 1.15,
+            )  # fmt: skip
+        sec.notes.append(
+            "Raw write = pydantic to_json + MULTI SET ZADD EXEC (no version check, no TTL "
+            "logic); raw load = GET + model_validate_json. save_state writes ≤32 KB records "
+            "in one EVALSHA, larger ones as SET staging + EVALSHA (RENAME) in one MULTI/EXEC."
+        )
+    finally:
+        for store in (default, plain):
+            store.client.delete(store.keys.thread("t"), store.keys.index, store.keys.staging)
+        client.delete(raw_key, raw_index)
+        default.close()
+        plain.close()
+    return sec
