@@ -171,6 +171,12 @@ class Settings(BaseSettings):
     write_through_on_broker_error: bool = Field(
         default=False, description="If the broker is down at hand-off, write synchronously."
     )
+    resend_pending_after_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="flush()/wait() re-send a hand-off still not durable after this long (a "
+        "broker can lose an accepted message when a worker dies); duplicates are no-ops.",
+    )
     cleanup_interval_seconds: float = Field(
         default=60.0, gt=0, description="How often beat schedules the cleanup task."
     )

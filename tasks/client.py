@@ -13,6 +13,14 @@ Hand-off modes (``Settings.handoff_mode`` or ``mode=``):
 
 In both modes, ``handle.wait()`` / ``flush()`` block until saves are durable in the store
 (or superseded by a newer version or a delete).
+
+The client keeps the newest snapshot of each thread it handed off until it has seen it
+durable (its outbox). A broker can lose a message it already accepted — kombu's Redis
+transport loses one in flight when a worker is SIGKILLed between taking it off the queue
+and recording it as unacknowledged — and such a message never comes back by itself; so
+``wait``/``flush`` re-send a hand-off still not durable after ``resend_pending_after_seconds``.
+Re-sent saves carry the same version, so a duplicate is a no-op. The outbox is pruned (one
+pipelined read) whenever it has doubled since the last look.
 """
 
 from __future__ import annotations
@@ -45,6 +53,18 @@ __all__ = ["CeleryCheckpointer", "HandOff"]
 logger = logging.getLogger("tasks.client")
 
 _BROKER_ERRORS = (OperationalError, ConnectionError, OSError, TimeoutError)
+#: Smallest outbox worth a pruning read; after each, the next waits until it doubled.
+_PRUNE_MIN = 1024
+
+
+class _Outgoing:
+    """The newest hand-off of a thread not yet seen durable, and when it was (re)sent."""
+
+    __slots__ = ("save", "sent_at")
+
+    def __init__(self, save: PreparedSave, sent_at: float) -> None:
+        self.save = save
+        self.sent_at = sent_at
 
 
 class HandOff:
@@ -97,8 +117,10 @@ class CeleryCheckpointer:
         )  # fmt: skip
         self.mode = mode if mode is not None else settings.handoff_mode
         self._eager = bool(self.app.conf.task_always_eager)
-        self._pending: dict[str, int] = {}
+        self._outbox: dict[str, _Outgoing] = {}
+        self._prune_at = _PRUNE_MIN
         self._lock = threading.Lock()
+        self.resent = 0
         self._retry_policy = {
             "max_retries": settings.publish_max_retries,
             "interval_start": 0.05,
@@ -113,7 +135,7 @@ class CeleryCheckpointer:
         self._publisher: BufferedPublisher | None = None
         if self.mode == "buffered":
             self._publisher = BufferedPublisher(
-                self._publish_batch,
+                self._publish_buffered,
                 max_batch=settings.batch_max_snapshots,
                 max_bytes=settings.batch_max_bytes,
                 linger=settings.batch_linger_seconds,
@@ -179,8 +201,11 @@ class CeleryCheckpointer:
             self._publish_one(save)
         with self._lock:
             self.handed_off += 1
-            if self._pending.get(save.thread_id, 0) < save.version:
-                self._pending[save.thread_id] = save.version
+            held = self._outbox.get(save.thread_id)
+            if held is None or held.save.version < save.version:
+                self._outbox[save.thread_id] = _Outgoing(save, time.monotonic())
+        if self._publisher is None:
+            self._maybe_prune()
         return HandOff(self, save.thread_id, save.version)
 
     def _publish_one(self, save: PreparedSave) -> None:
@@ -213,6 +238,11 @@ class CeleryCheckpointer:
         except _BROKER_ERRORS as exc:
             self._broker_down(saves, exc)
 
+    def _publish_buffered(self, saves: list[PreparedSave]) -> None:
+        # Runs on the publisher thread, so pruning never costs the agent a round trip.
+        self._publish_batch(saves)
+        self._maybe_prune()
+
     def _run_eager(self, name: str, kwargs: Mapping[str, Any]) -> None:
         # The same JSON round trip a real broker would impose, then the task inline.
         content_type, encoding, data = dumps(dict(kwargs), serializer="json")
@@ -243,16 +273,55 @@ class CeleryCheckpointer:
         deadline = None if timeout is None else time.monotonic() + timeout
         if self._publisher is not None:
             self._publisher.flush(timeout)
-        with self._lock:
-            pending = dict(self._pending)
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        self._wait_durable(pending, remaining)
+        self._wait_durable(self.pending, remaining)
 
     @property
     def pending(self) -> dict[str, int]:
         """Threads with hand-offs not yet seen durable, and the newest version handed off."""
         with self._lock:
-            return dict(self._pending)
+            return {tid: out.save.version for tid, out in self._outbox.items()}
+
+    def _settle(self, held: Mapping[str, int]) -> None:
+        """Drop outbox entries the store now holds (or has superseded)."""
+        with self._lock:
+            for tid, version in held.items():
+                out = self._outbox.get(tid)
+                if out is not None and out.save.version <= version:
+                    del self._outbox[tid]
+
+    def _maybe_prune(self) -> None:
+        if len(self._outbox) < self._prune_at:
+            return
+        with self._lock:
+            threads = list(self._outbox)
+        for start in range(0, len(threads), 1000):
+            self._settle(self.store.stored_versions(threads[start : start + 1000]))
+        with self._lock:
+            self._prune_at = max(_PRUNE_MIN, 2 * len(self._outbox))
+
+    def _resend_overdue(self, waiting: Mapping[str, int]) -> None:
+        """Publish again the waited-for hand-offs not durable after the resend delay."""
+        now = time.monotonic()
+        cutoff = now - self.settings.resend_pending_after_seconds
+        with self._lock:
+            overdue = []
+            for tid, version in waiting.items():
+                out = self._outbox.get(tid)
+                if out is not None and out.save.version == version and out.sent_at <= cutoff:
+                    out.sent_at = now
+                    overdue.append(out.save)
+        if not overdue:
+            return
+        logger.warning(
+            "re-sending %d hand-off(s) not durable after %.1fs",
+            len(overdue),
+            self.settings.resend_pending_after_seconds,
+        )
+        for start in range(0, len(overdue), self.settings.batch_max_snapshots):
+            self._publish_batch(overdue[start : start + self.settings.batch_max_snapshots])
+        with self._lock:
+            self.resent += len(overdue)
 
     def _wait_durable(self, wanted: Mapping[str, int], timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -260,17 +329,14 @@ class CeleryCheckpointer:
         delay = 0.002
         while waiting:
             held = self.store.stored_versions(list(waiting))
-            done = [tid for tid, v in waiting.items() if held.get(tid, 0) >= v]
-            with self._lock:
-                for tid in done:
-                    if self._pending.get(tid, 0) <= waiting[tid]:
-                        self._pending.pop(tid, None)
-            for tid in done:
+            self._settle(held)
+            for tid in [tid for tid, v in waiting.items() if held.get(tid, 0) >= v]:
                 del waiting[tid]
             if not waiting:
                 return
             if deadline is not None and time.monotonic() >= deadline:
                 raise FlushTimeout(sorted(waiting.items()), timeout)
+            self._resend_overdue(waiting)
             time.sleep(
                 delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic()))
             )
@@ -307,9 +373,7 @@ class CeleryCheckpointer:
         """Delete synchronously. The tombstone's version is newer than every save this
         process handed off, so saves of the thread still queued cannot bring it back."""
         result = self.store.delete_thread(thread_id, version=version)
-        with self._lock:
-            if self._pending.get(thread_id, 0) <= result.current_version:
-                self._pending.pop(thread_id, None)
+        self._settle({thread_id: result.current_version})
         return result
 
 
