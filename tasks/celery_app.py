@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from functools import cached_property
 from typing import Any
 
@@ -42,9 +43,21 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             settings.socket_connect_timeout_seconds, settings.publish_timeout_seconds
         ),
     }
+    redis_broker = broker.startswith(("redis://", "rediss://"))
+    extra: dict[str, Any] = {}
+    if redis_broker:
+        # kombu's Redis transport loses a message a worker dies holding between its pop and
+        # its unacked record; ours moves it to an in-flight list instead (tasks.redis_broker).
+        extra["broker_transport"] = "tasks.redis_broker:Transport"
+        transport["priority_steps"] = [0]  # one list per queue: BLMOVE takes one source
+        if broker.startswith("rediss://"):
+            # Verify the server's certificate unless the URL says otherwise
+            # (?ssl_cert_reqs=...&ssl_ca_certs=...); kombu alone would not verify it.
+            extra["broker_use_ssl"] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
     if broker.startswith(("amqp", "pyamqp")):
         transport = {"confirm_publish": True, "write_timeout": settings.publish_timeout_seconds}
     return {
+        **extra,
         "broker_url": broker,
         "broker_transport_options": transport,
         "broker_connection_retry_on_startup": True,
@@ -75,7 +88,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # broker that goes away, kombu's first close of that channel fails half-way, the
         # connection is detached, and the retried close raises AttributeError, which kills
         # the worker instead of letting it reconnect (seen on broker restarts).
-        "worker_enable_remote_control": not broker.startswith(("redis", "rediss")),
+        "worker_enable_remote_control": not redis_broker,
         "beat_schedule": {
             CLEANUP_TASK: {
                 "task": CLEANUP_TASK,

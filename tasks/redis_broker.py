@@ -1,0 +1,221 @@
+"""kombu's Redis transport, without the window in which a worker crash loses a message.
+
+kombu takes a message off the queue with ``BRPOP`` and only afterwards, in a second round
+trip, records it as unacknowledged (``unacked`` hash), from where a dead worker's messages
+come back after the visibility timeout. A worker killed between the two loses the message
+for good (celery/kombu#305); under a steady stream the main process spends much of its
+time in that window (the reply waits in the socket until the event loop reads it), and the
+fault suite saw one SIGKILL in a few lose a save.
+
+This transport closes the window the usual way for Redis queues:
+
+* the consumer moves the message atomically to an in-flight list of its own (``BLMOVE``
+  queue -> ``<prefix><channel id>``), and removes it from there in the same transaction
+  that records it as unacknowledged;
+* while the channel lives it keeps ``<in-flight list>:alive`` set (a lease of the
+  visibility timeout, at least 10 s, renewed well before it ends);
+* the periodic sweep that restores unacknowledged messages (every
+  ``unacked_restore_interval``) also runs ``lua/recover_inflight.lua``: the lists of
+  channels whose lease expired go back to their queues.
+
+A message is thus always in the queue, in an in-flight list, or in ``unacked``. Recovered
+messages may be delivered twice; the versioned writes make that harmless.
+
+Used for ``redis://`` and ``rediss://`` brokers (see :func:`tasks.celery_app.celery_config`):
+one list per queue (``priority_steps=[0]``; the layer sends no priorities).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from importlib import resources
+from queue import Empty
+from typing import TYPE_CHECKING, Any
+
+from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
+from kombu.utils.json import dumps, loads
+
+__all__ = ["INFLIGHT_PREFIX", "INFLIGHT_REGISTRY", "Channel", "QoS", "Transport"]
+
+logger = logging.getLogger("tasks.redis_broker")
+
+#: Hash of every in-flight list -> the queue list it takes from. The ``/`` cannot occur in a
+#: namespace, so no key of the store's layout can collide with these.
+INFLIGHT_REGISTRY = "_agents_persistence/inflight"
+#: Prefix of the in-flight lists (one per consuming channel and queue).
+INFLIGHT_PREFIX = "_agents_persistence/inflight/"
+_MIN_LEASE = 10.0
+_RECOVER = resources.files("tasks").joinpath("lua", "recover_inflight.lua").read_text("utf-8")
+
+
+class QoS(kombu_redis.QoS):
+    """Records a message as unacknowledged and takes it off the in-flight list atomically;
+    the periodic sweep also gives back what dead consumers left in flight."""
+
+    channel: Channel
+
+    def append(self, message: Any, delivery_tag: Any) -> None:
+        taken = self.channel.take_inflight()
+        if taken is None:
+            super().append(message, delivery_tag)
+            return
+        inflight, raw = taken
+        delivery = message.delivery_info
+        record = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
+        with self.pipe_or_acquire() as pipe:
+            pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
+            pipe.hset(self.unacked_key, delivery_tag, record)
+            pipe.lrem(inflight, 1, raw)
+            pipe.execute()
+        virtual.QoS.append(self, message, delivery_tag)
+
+    def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
+        super().restore_visible(start, num, interval)
+        self.channel.renew_lease()
+        self.channel.recover_inflight()
+
+
+class Channel(kombu_redis.Channel):
+    """A Redis channel that pops with ``BLMOVE`` into its own in-flight list."""
+
+    QoS = QoS
+
+    if TYPE_CHECKING:  # kombu internals the stubs leave out
+        _queue_cycle: Any
+        _in_poll: Any
+        _brpop_sent_at: float | None
+        brpop_timeout: int
+        connection_errors: tuple[type[BaseException], ...]
+
+        def _q_for_pri(self, queue: str, pri: int) -> str: ...
+        def _flush_brpop_reauth(self) -> None: ...
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._inflight_id = uuid.uuid4().hex
+        self._moving: tuple[str, str] | None = None  # (queue, in-flight list) of a BLMOVE
+        self._pending: tuple[str, bytes] | None = None  # popped, not yet recorded
+        self._leases: dict[str, float] = {}  # in-flight list -> when its lease was renewed
+
+    # -- the in-flight list ---------------------------------------------------------------
+    @property
+    def lease_seconds(self) -> float:
+        """How long the in-flight lists outlive this channel if it dies."""
+        return max(float(self.visibility_timeout), _MIN_LEASE)
+
+    def inflight_key(self, queue_key: str) -> str:
+        """This channel's in-flight list for ``queue_key``."""
+        return f"{INFLIGHT_PREFIX}{self._inflight_id}/{queue_key}"
+
+    def take_inflight(self) -> tuple[str, bytes] | None:
+        """The (in-flight list, raw message) being delivered, once; None if there is none."""
+        pending, self._pending = self._pending, None
+        return pending
+
+    def renew_lease(self, inflight: str | None = None) -> None:
+        """Keep this channel's in-flight lists (or just ``inflight``) marked alive."""
+        now = time.monotonic()
+        keys = [inflight] if inflight is not None else list(self._leases)
+        due = [k for k in keys if now - self._leases.get(k, -1e9) > self.lease_seconds / 3]
+        if not due:
+            return
+        with self.conn_or_acquire() as client:
+            pipe = client.pipeline()
+            for key in due:
+                pipe.hset(INFLIGHT_REGISTRY, key, self._moving_queue_key(key))
+                pipe.set(f"{key}:alive", b"1", px=int(self.lease_seconds * 1000))
+            pipe.execute()
+        for key in due:
+            self._leases[key] = now
+
+    def _moving_queue_key(self, inflight: str) -> str:
+        return inflight[len(INFLIGHT_PREFIX) + len(self._inflight_id) + 1 :]
+
+    def recover_inflight(self) -> int:
+        """Give back what consumers whose lease expired left in flight; returns how many."""
+        with self.conn_or_acquire() as client:
+            restored = int(client.register_script(_RECOVER)(keys=[INFLIGHT_REGISTRY]))
+        if restored:
+            logger.warning("gave back %d message(s) a dead consumer had taken", restored)
+        return restored
+
+    # -- consuming ------------------------------------------------------------------------
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        if self.global_keyprefix:  # BLMOVE is not among the commands kombu prefixes
+            super()._brpop_start(timeout)  # type: ignore[misc]
+            return
+        if timeout is None:
+            timeout = self.brpop_timeout
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues:
+            return
+        queue = queues[0]  # BLMOVE takes one list; the cycle rotates after each pop
+        source = self._q_for_pri(queue, 0)
+        inflight = self.inflight_key(source)
+        self.renew_lease(inflight)
+        self._moving = (queue, inflight)
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = time.monotonic()
+        self.client.connection.send_command(
+            "BLMOVE", source, inflight, "RIGHT", "LEFT", timeout or 0
+        )
+
+    def _brpop_read(self, **options: Any) -> bool:
+        moving, self._moving = self._moving, None
+        if moving is None:
+            return bool(super()._brpop_read(**options))  # type: ignore[misc]
+        queue, inflight = moving
+        try:
+            try:
+                item = self.client.parse_response(self.client.connection, "BLMOVE", **options)
+            except self.connection_errors:
+                self.client.connection.disconnect()
+                raise
+            self._queue_cycle.rotate(queue)
+            if not item:
+                raise Empty()
+            raw = item if isinstance(item, bytes) else str(item).encode()
+            self._pending = (inflight, raw)
+            try:
+                self.connection._deliver(loads(raw.decode()), queue)
+            finally:
+                if self.take_inflight() is not None:
+                    # Delivered without being recorded (no-ack consumer, or handed back):
+                    # it is no longer ours to keep.
+                    with self.conn_or_acquire() as client:
+                        client.lrem(inflight, 1, raw)
+            return True
+        finally:
+            self._in_poll = None
+            self._flush_brpop_reauth()
+
+    def close(self) -> None:
+        leases = list(self._leases)
+        super().close()
+        if leases:
+            self._release(leases)
+
+    def _release(self, leases: list[str]) -> None:
+        """A clean close: drop the leases of empty lists now (the rest expire and the
+        sweep gives their messages back)."""
+        # AttributeError: kombu detaches a closed connection's transport (client None).
+        gone: tuple[type[BaseException], ...] = (*self.connection_errors, AttributeError)
+        try:
+            with self.conn_or_acquire() as client:
+                for key in leases:
+                    if not client.llen(key):
+                        pipe = client.pipeline()
+                        pipe.hdel(INFLIGHT_REGISTRY, key)
+                        pipe.delete(f"{key}:alive")
+                        pipe.execute()
+        except gone:
+            pass  # the leases expire on their own and the sweep tidies up
+
+
+class Transport(kombu_redis.Transport):
+    """kombu's Redis transport with :class:`Channel`."""
+
+    Channel = Channel
