@@ -8,6 +8,8 @@ store's Redis, capped at ``dead_letter_max_length`` (the oldest fall off). Each 
 
 from __future__ import annotations
 
+import base64
+import json
 import threading
 import time
 import uuid
@@ -20,7 +22,7 @@ import redis
 
 from persistence.retry import RetryPolicy
 
-__all__ = ["DeadLetters", "MemoryDeadLetters", "RedisDeadLetters", "make_entry"]
+__all__ = ["DeadLetters", "MemoryDeadLetters", "RedisDeadLetters", "encode_entry", "make_entry"]
 
 
 def make_entry(reason: str, error: str, **fields: Any) -> dict[str, Any]:
@@ -32,6 +34,38 @@ def make_entry(reason: str, error: str, **fields: Any) -> dict[str, Any]:
         "error": error,
         **fields,
     }
+
+
+def encode_entry(entry: dict[str, Any]) -> bytes:
+    """``entry`` as JSON bytes, whatever its arguments hold.
+
+    A message may carry text that JSON bytes cannot (a lone surrogate, from a ``\\udXXX``
+    escape): orjson refuses it, and an entry that cannot be written would send the message
+    back to the queue forever. Then the arguments are kept as the ASCII-escaped JSON of the
+    message, base64 (``body_base64``, like an undecodable body: shown, never replayed),
+    and any other such text in the entry is backslash-escaped.
+    """
+    try:
+        return orjson.dumps(entry)
+    except orjson.JSONEncodeError:
+        pass
+    safe = {k: _escape(v) for k, v in entry.items() if k not in ("args", "kwargs")}
+    raw = json.dumps(
+        {"args": entry.get("args"), "kwargs": entry.get("kwargs")}, ensure_ascii=True, default=repr
+    )
+    safe["body_base64"] = base64.b64encode(raw.encode("ascii")).decode("ascii")
+    safe["body_escaped"] = True
+    return orjson.dumps(safe, default=repr)
+
+
+def _escape(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_escape(k): _escape(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_escape(v) for v in value]
+    return value
 
 
 class DeadLetters(ABC):
@@ -67,7 +101,7 @@ class RedisDeadLetters(DeadLetters):
         self.client, self.key, self.max_length, self.retry = client, key, max_length, retry
 
     def push(self, entry: dict[str, Any]) -> None:
-        raw = orjson.dumps(entry)
+        raw = encode_entry(entry)
 
         def _push() -> None:
             pipe = self.client.pipeline(transaction=True)
@@ -118,7 +152,7 @@ class MemoryDeadLetters(DeadLetters):
 
     def push(self, entry: dict[str, Any]) -> None:
         with self._lock:
-            self._items.appendleft(orjson.loads(orjson.dumps(entry)))
+            self._items.appendleft(orjson.loads(encode_entry(entry)))
 
     def list(self, limit: int = 100) -> list[dict[str, Any]]:
         with self._lock:
