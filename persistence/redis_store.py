@@ -45,8 +45,11 @@ INLINE_MAX_BYTES = 32 * 1024
 
 
 def _header_version(head: object) -> int:
+    # Only a header with 20 digits is ours (as in the Lua scripts); anything else reads as 0.
     if isinstance(head, bytes) and len(head) == 24 and head.startswith(b"AP1"):
-        return int(head[4:24])
+        digits = head[4:24]
+        if digits.isdigit():
+            return int(digits)
     return 0
 
 
