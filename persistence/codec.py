@@ -136,16 +136,27 @@ class Codec:
             return self._unpack_legacy(thread_id, raw)
         if len(raw) < HEADER_SIZE:
             raise CorruptState(thread_id, "truncated record header")
-        kind = raw[3:4]
+        return self._unpack_record(thread_id, raw, raw[HEADER_SIZE:])
+
+    def unpack_split(self, thread_id: str, head: bytes, body: bytes) -> Record:
+        """:meth:`unpack` of ``head + body`` read apart (the first 40 bytes, the rest).
+
+        A large record read this way is never copied to drop its header.
+        """
+        if len(head) == HEADER_SIZE and head.startswith(MAGIC):
+            return self._unpack_record(thread_id, head, body)
+        return self.unpack(thread_id, head + body)
+
+    def _unpack_record(self, thread_id: str, head: bytes, body: bytes) -> Record:
+        kind = head[3:4]
         try:
-            version = int(raw[4:24])
-            saved_ms = int(raw[24:40])
+            version = int(head[4:24])
+            saved_ms = int(head[24:40])
             saved_at = datetime.fromtimestamp(saved_ms / 1000, tz=UTC)
         except (ValueError, OverflowError, OSError) as exc:  # digits, but beyond year 9999
             raise CorruptState(thread_id, "malformed record header") from exc
         if kind == KIND_TOMBSTONE:
             return Record(version, saved_at, None)
-        body = raw[HEADER_SIZE:]
         if kind == KIND_ZLIB:
             try:
                 body = zlib.decompress(body)

@@ -5,7 +5,8 @@ a large one (above ``INLINE_MAX_BYTES``) is kept off the Lua path:
 ``MULTI; SET staging <record> PX; EVALSHA save.lua; EXEC``. The script compares the new
 version with the 24-byte header of the stored record (never the payload), then writes the
 record (or RENAMEs the staged one) into place, sets its TTL and updates the index, or drops
-the staged copy. One load is one ``GET``.
+the staged copy. One load is one ``GET`` (for a thread whose record was large, one
+``MULTI; GETRANGE; GETRANGE; EXEC``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from persistence.base import (
     check_page_size,
 )
 from persistence.checkpoint import Checkpoint, PreparedSave, WriteOutcome, WriteResult
-from persistence.codec import Codec, format_version
+from persistence.codec import HEADER_SIZE, Codec, Record, format_version
 from persistence.errors import CorruptState
 from persistence.keys import Keys
 from persistence.retry import RetryPolicy, is_transient
@@ -36,12 +37,18 @@ from persistence.versions import VersionClock
 if TYPE_CHECKING:
     from config.settings import Settings
 
-__all__ = ["INLINE_MAX_BYTES", "RedisCheckpointer"]
+__all__ = ["INLINE_MAX_BYTES", "LARGE_RECORD_BYTES", "RedisCheckpointer"]
 
 #: Records up to this size go to the script as an argument (one EVALSHA); larger ones are
 #: staged with SET inside MULTI/EXEC and RENAMEd, because copying a large argument into Lua
 #: costs more than the extra commands (measured: bench/, P3).
 INLINE_MAX_BYTES = 32 * 1024
+#: Loads of a thread whose last record had at least this many bytes read header and body
+#: apart (``MULTI; GETRANGE 0 39; GETRANGE 40 -1; EXEC``), so the body needs no copy to
+#: drop the header: a second MB-sized allocation that may fault every page in afresh.
+LARGE_RECORD_BYTES = 256 * 1024
+#: How many such threads are remembered (oldest forgotten first).
+_LARGE_HINTS = 4096
 
 
 def _header_version(head: object) -> int:
@@ -94,6 +101,7 @@ class RedisCheckpointer(BaseCheckpointer):
         self._page = lua("page")
         self._cleanup = lua("cleanup")
         self._ttl_arg = b"" if self.ttl_ms is None else str(self.ttl_ms).encode()
+        self._large: dict[str, None] = {}  # threads whose records were large: read split
 
     @property
     def namespace(self) -> str:
@@ -263,18 +271,54 @@ class RedisCheckpointer(BaseCheckpointer):
     # -- reads ----------------------------------------------------------------------------------
     def load_checkpoint(self, thread_id: str) -> Checkpoint | None:
         check_thread_id(thread_id)
+        key = self.keys.thread(thread_id)
+        large = thread_id in self._large
+        record: Record | None = None
         try:
-            raw = self.retry.call("load", self.client.get, self.keys.thread(thread_id))
+            if large:
+                head, body = self.retry.call("load", self._get_split, key)
+                if head:
+                    record = self._decode_split(thread_id, head, body)
+                else:  # gone, or an empty value: forget the hint, read it as anyone would
+                    self._large.pop(thread_id, None)
+                    large = False
+            if not large:
+                raw = self.retry.call("load", self.client.get, key)
+                record = self._decode(thread_id, raw)
         except rex.ResponseError as exc:
             raise self._typed(thread_id, exc) from exc
+        if record is None or record.state is None:
+            return None
+        return Checkpoint(thread_id, record.version, record.saved_at, record.state)
+
+    def _get_split(self, key: str) -> list[Any]:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.getrange(key, 0, HEADER_SIZE - 1)
+        pipe.getrange(key, HEADER_SIZE, -1)
+        replies: list[Any] = pipe.execute()
+        return replies
+
+    def _decode(self, thread_id: str, raw: Any) -> Record | None:
         if raw is None:
             return None
         if isinstance(raw, str):  # a client built with decode_responses=True
             raw = raw.encode()
-        record = self.codec.unpack(thread_id, raw)
-        if record.state is None:
-            return None
-        return Checkpoint(thread_id, record.version, record.saved_at, record.state)
+        if len(raw) >= LARGE_RECORD_BYTES:
+            self._remember_large(thread_id)
+        return self.codec.unpack(thread_id, raw)
+
+    def _decode_split(self, thread_id: str, head: Any, body: Any) -> Record:
+        if isinstance(head, str):  # a client built with decode_responses=True
+            head, body = head.encode(), body.encode()
+        if len(head) + len(body) < LARGE_RECORD_BYTES:
+            self._large.pop(thread_id, None)
+        return self.codec.unpack_split(thread_id, head, body)
+
+    def _remember_large(self, thread_id: str) -> None:
+        large = self._large
+        large[thread_id] = None
+        if len(large) > _LARGE_HINTS:
+            large.pop(next(iter(large)), None)
 
     def iter_threads(self, page_size: int = 500) -> Iterator[str]:
         check_page_size(page_size)
