@@ -117,10 +117,13 @@ class Settings(BaseSettings):
 
     # -- the store's connection and retry policy (tenacity) --------------------------------
     socket_timeout_seconds: float = Field(
-        default=5.0, gt=0, description="Timeout of one store command (and broker socket)."
+        default=5.0, gt=0, description="Timeout of one store command."
     )
     socket_connect_timeout_seconds: float = Field(
-        default=2.0, gt=0, description="Timeout of connecting to the store (and broker)."
+        default=2.0,
+        gt=0,
+        description="Timeout of connecting to the store (and to the broker, at most "
+        "publish_timeout_seconds).",
     )
     retry_attempts: int = Field(
         default=5, ge=1, le=100, description="Retries of one store call after its first failure."
@@ -166,7 +169,11 @@ class Settings(BaseSettings):
         default=3, ge=0, description="Publish retries at hand-off before HandOffError."
     )
     publish_timeout_seconds: float = Field(
-        default=5.0, gt=0, description="Broker connection timeout at hand-off."
+        default=5.0,
+        gt=0,
+        description="Longest one broker attempt may wait (connect, reply, RabbitMQ's "
+        "confirm), also when the broker hangs; with publish_max_retries it bounds save_state "
+        "(CeleryCheckpointer.handoff_timeout).",
     )
     write_through_on_broker_error: bool = Field(
         default=False, description="If the broker is down at hand-off, write synchronously."
