@@ -14,7 +14,6 @@ both an attempt count and a deadline.
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,14 +49,6 @@ _PERMANENT: Final[tuple[type[BaseException], ...]] = (
     rex.AuthorizationError,
     rex.AuthenticationWrongNumberOfArgsError,
     rex.MaxConnectionsError,
-)
-
-#: tenacity 9.2 renamed wait_exponential_jitter's ``initial`` to ``multiplier`` and warns on
-#: the old name (an error under ``-W error``); older releases only know ``initial``.
-_BACKOFF_ARG: Final = (
-    "multiplier"
-    if "multiplier" in inspect.signature(wait_exponential_jitter).parameters
-    else "initial"
 )
 
 P = ParamSpec("P")
@@ -106,7 +97,7 @@ class RetryPolicy:
             wait=wait_exponential_jitter(
                 max=self.max_backoff,
                 jitter=self.initial_backoff,
-                **{_BACKOFF_ARG: self.initial_backoff},
+                multiplier=self.initial_backoff,
             ),
             retry=retry_if_exception(is_transient),
             before_sleep=before_sleep_log(logger, logging.WARNING),
