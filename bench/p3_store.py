@@ -75,6 +75,7 @@ def run(ctx: Context) -> Section:
                     "load_plain": lambda: plain.load_state("t"),
                 },
                 n,
+                rounds=10,
                 tick=ctx.advance,
             )
             stats |= interleaved(

@@ -71,7 +71,7 @@ def _count_all(store: RedisCheckpointer) -> int:
 
 
 def _measure(ctx: Context, store: RedisCheckpointer, live: int) -> dict[str, float]:
-    reps = ctx.scale(10, 30)
+    reps = ctx.scale(30, 100)
     firsts = []
     _first_page(store)  # warm-up: script cache, connection
     for _ in range(reps):
@@ -149,7 +149,7 @@ def run(ctx: Context) -> Section:
     sec.notes.append(
         f"Each index also holds {_EXPIRED:,} expired entries (skipped by listing, removed by "
         "cleanup; refilled before each of 5 cleanup runs). Times are medians (first page: "
-        "10-30 runs, whole index: 15 runs at 10k, 3 at 1M). Peaks are measured after one "
+        "30-100 runs, whole index: 15 runs at 10k, 3 at 1M). Peaks are measured after one "
         "untraced pass, so CPython's free lists (bounded) are already filled."
     )
     return sec

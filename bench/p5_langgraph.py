@@ -6,7 +6,8 @@ replaces the whole state). ``SqliteSaver`` writes a file in a temp directory (it
 journal, one commit per put); ``PostgresSaver`` uses the machine's PostgreSQL (``--postgres-dsn``,
 default database ``test``, trust auth), rows of this run's threads deleted at the end.
 
-Ours: ``RedisCheckpointer.save_state`` / ``load_state`` (synchronous, one round trip), and
+Ours: ``RedisCheckpointer.save_state`` / ``load_state`` (synchronous, one round trip; with the
+default codec, which zlib-compresses JSON of 16 KB and more, and with compression off), and
 the agent's cost with ``CeleryCheckpointer`` (buffered and durable hand-off).
 """
 
@@ -21,9 +22,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.common import SIZES, Context, Section, fmt_us, interleaved, label, ratio, snapshot
+from bench.common import (
+    SIZES,
+    Context,
+    Section,
+    Stats,
+    fmt_us,
+    interleaved,
+    label,
+    ratio,
+    snapshot,
+)
 from config.settings import Settings
 from persistence import AgentStateSnapshot, RedisCheckpointer
+from persistence.codec import Codec
 from tasks import CeleryCheckpointer, create_app
 
 __all__ = ["run"]
@@ -74,6 +86,9 @@ def run(ctx: Context) -> Section:
     ns = f"bench-p5-{os.getpid()}"
     settings = Settings(redis_url=ctx.redis_url, namespace=ns, queue=f"{ns}-q")
     store = RedisCheckpointer.from_settings(settings)
+    plain = RedisCheckpointer.from_url(
+        ctx.redis_url, namespace=f"{ns}-plain", codec=Codec(compress_threshold=None)
+    )
     app = create_app(settings, store=store)
     buffered = CeleryCheckpointer(store, app, settings=settings, mode="buffered")
     durable = CeleryCheckpointer(store, app, settings=settings, mode="durable")
@@ -96,10 +111,12 @@ def run(ctx: Context) -> Section:
                 state = snapshot(size)
                 tid = f"{ns}-{size}"
                 threads.append(tid)
-                ctx.start(f"P5 {label(size)}", 7 * n)
+                ctx.start(f"P5 {label(size)}", 8 * n)
                 variants: dict[str, Callable[[], object]] = {
                     "ours_put": lambda s=state, t=tid: store.save_state(t, s),  # type: ignore[misc]
                     "ours_get": lambda t=tid: store.load_state(t),  # type: ignore[misc]
+                    "plain_put": lambda s=state, t=tid: plain.save_state(t, s),  # type: ignore[misc]
+                    "plain_get": lambda t=tid: plain.load_state(t),  # type: ignore[misc]
                     "buffered_put": lambda s=state, t=tid: buffered.save_state(t, s),  # type: ignore[misc]
                     "durable_put": lambda s=state, t=tid: durable.save_state(t, s),  # type: ignore[misc]
                     "sqlite_put": _lg_put(sqlite, tid, state),
@@ -113,25 +130,7 @@ def run(ctx: Context) -> Section:
                 stats = interleaved(variants, n, warmup=3,
                                     after_round={"buffered_put": drain, "durable_put": drain},
                                     tick=ctx.advance)  # fmt: skip
-                ours = stats["ours_put"].p50_us
-                for name, put, get in (
-                    ("RedisCheckpointer (direct)", "ours_put", "ours_get"),
-                    ("CeleryCheckpointer buffered (hand-off)", "buffered_put", None),
-                    ("CeleryCheckpointer durable (hand-off)", "durable_put", None),
-                    ("LangGraph SqliteSaver (file)", "sqlite_put", "sqlite_get"),
-                    ("LangGraph PostgresSaver", "pg_put", "pg_get"),
-                ):
-                    p, g = stats[put], stats[get] if get else None
-                    sec.add(**{
-                        "size": label(size), "saver": name, "put p50": fmt_us(p.p50_us),
-                        "put p99": fmt_us(p.p99_us),
-                        "get p50": fmt_us(g.p50_us) if g else "-",
-                        "get p99": fmt_us(g.p99_us) if g else "-",
-                        "put vs ours": ratio(p.p50_us, ours),
-                    })  # fmt: skip
-                for other, key in (("SqliteSaver", "sqlite_put"), ("PostgresSaver", "pg_put")):
-                    sec.target(f"put faster than {other}, {label(size)} (ours / theirs)",
-                               ours / stats[key].p50_us, 1.0)  # fmt: skip
+                _report(sec, size, stats)
             for tid in threads:
                 pg.delete_thread(tid)
     finally:
@@ -140,6 +139,10 @@ def run(ctx: Context) -> Section:
         for tid in threads:
             store.client.delete(store.keys.thread(tid))
         store.client.delete(store.keys.index, store.keys.staging)
+        for tid in threads:
+            plain.client.delete(plain.keys.thread(tid))
+        plain.client.delete(plain.keys.index, plain.keys.staging)
+        plain.close()
         sqlite_conn.close()
         for f in tmp.iterdir():
             f.unlink()
@@ -150,3 +153,29 @@ def run(ctx: Context) -> Section:
         "Redis without AOF/fsync here vs SQLite's and PostgreSQL's commit on every put."
     )
     return sec
+
+
+def _report(sec: Section, size: int, stats: dict[str, Stats]) -> None:
+    ours = stats["ours_put"].p50_us
+    for name, put, get in (
+        ("RedisCheckpointer (direct, default: zlib ≥16 KB)", "ours_put", "ours_get"),
+        ("RedisCheckpointer (direct, compression off)", "plain_put", "plain_get"),
+        ("CeleryCheckpointer buffered (hand-off)", "buffered_put", None),
+        ("CeleryCheckpointer durable (hand-off)", "durable_put", None),
+        ("LangGraph SqliteSaver (file)", "sqlite_put", "sqlite_get"),
+        ("LangGraph PostgresSaver", "pg_put", "pg_get"),
+    ):
+        p, g = stats[put], stats[get] if get else None
+        sec.add(**{
+            "size": label(size), "saver": name, "put p50": fmt_us(p.p50_us),
+            "put p99": fmt_us(p.p99_us),
+            "get p50": fmt_us(g.p50_us) if g else "-",
+            "get p99": fmt_us(g.p99_us) if g else "-",
+            "put vs ours": ratio(p.p50_us, ours),
+        })  # fmt: skip
+    for other, key in (("SqliteSaver", "sqlite_put"), ("PostgresSaver", "pg_put")):
+        theirs = stats[key].p50_us
+        sec.target(f"put faster than {other}, {label(size)}, default codec "
+                   "(ours / theirs)", ours / theirs, 1.0)  # fmt: skip
+        sec.target(f"put faster than {other}, {label(size)}, compression off "
+                   "(ours / theirs)", stats["plain_put"].p50_us / theirs, 1.0)  # fmt: skip
