@@ -72,6 +72,29 @@ class QoS(kombu_redis.QoS):
             pipe.execute()
         virtual.QoS.append(self, message, delivery_tag)
 
+    def ack(self, delivery_tag: Any) -> None:
+        try:
+            super().ack(delivery_tag)
+        except self.channel.connection_errors:
+            self._forget(delivery_tag)
+            raise
+
+    def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        try:
+            super().reject(delivery_tag, requeue=requeue)
+        except self.channel.connection_errors:
+            self._forget(delivery_tag)
+            raise
+
+    def _forget(self, delivery_tag: Any) -> None:
+        """An ack or reject that could not reach the broker: the message stays in
+        ``unacked`` (it comes back after the visibility timeout, a duplicate the versioned
+        writes absorb), but this channel forgets it anyway. kombu's QoS keeps it otherwise:
+        with the prefetch limit reached the channel never has credit again, its paused pop
+        socket is never read, and the worker never notices that the broker went away (it
+        waits forever, even after the broker is back)."""
+        virtual.QoS.ack(self, delivery_tag)
+
     def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
         super().restore_visible(start, num, interval)
         self.channel.renew_lease()
