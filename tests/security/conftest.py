@@ -6,17 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import celery_worker_factory, rabbitmq_url
+from tests.integration.conftest import celery_worker_factory
 
-__all__ = ["celery_worker_factory", "rabbitmq_url"]
+__all__ = ["celery_worker_factory"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests here that start workers are ``integration`` tests."""
     here = Path(__file__).parent
     for item in items:
-        if here in Path(str(item.fspath)).parents:
-            if "celery_worker_factory" in getattr(item, "fixturenames", ()):
-                item.add_marker(pytest.mark.integration)
-            if "rabbitmq_url" in getattr(item, "fixturenames", ()):
-                item.add_marker(pytest.mark.rabbitmq)
+        in_here = here in Path(str(item.fspath)).parents
+        if in_here and "celery_worker_factory" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
