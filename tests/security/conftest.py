@@ -15,6 +15,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests here that start workers are ``integration`` tests."""
     here = Path(__file__).parent
     for item in items:
-        in_here = here in Path(str(item.fspath)).parents
+        in_here = here in item.path.parents
         if in_here and "celery_worker_factory" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.integration)
