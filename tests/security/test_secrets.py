@@ -9,7 +9,6 @@ a store that are down, a broker restart the worker reconnects after.
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import sys
 import time
@@ -192,8 +191,3 @@ def test_cli_and_demo_never_show_the_password(
     assert runs[6].returncode != 0
     assert runs[7].returncode != 0
     store.close()
-
-
-def test_environment_of_this_test_run_is_not_used() -> None:
-    """The sweep above passes secrets only through the child's environment."""
-    assert not [k for k in os.environ if k.startswith("AGENTS_PERSISTENCE_") and "URL" in k]
