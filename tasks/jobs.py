@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from celery import Task
@@ -105,6 +105,20 @@ class PersistenceTask(Task):  # type: ignore[type-arg]
             )
         self.dead_letter(exc, args, kwargs, exhausted=True)
 
+    def apply_write(
+        self, write: Callable[[], WriteResult], args: Sequence[Any], kwargs: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Run one write; bad input dead-letters, an unavailable store retries."""
+        try:
+            result = write()
+        except (InvalidInput, CorruptState) as exc:
+            self.dead_letter(exc, args, kwargs)
+            return {"outcome": "dead_lettered"}
+        except StoreUnavailable as exc:
+            self.retry_or_dead_letter(exc, args, kwargs)
+            return {"outcome": "dead_lettered"}
+        return {"outcome": result.outcome.value, "version": result.version}
+
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
@@ -121,16 +135,12 @@ class PersistenceTask(Task):  # type: ignore[type-arg]
 def save_state(self: PersistenceTask, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """Write one handed-off snapshot; stale and duplicate versions are successes."""
     app = self.papp
-    try:
+
+    def write() -> WriteResult:
         save = parse_save(args, kwargs, namespace=app.settings.namespace, codec=app.store.codec)
-        result = app.store.save_prepared(save)
-    except (InvalidInput, CorruptState) as exc:
-        self.dead_letter(exc, args, kwargs)
-        return {"outcome": "dead_lettered"}
-    except StoreUnavailable as exc:
-        self.retry_or_dead_letter(exc, args, kwargs)
-        return {"outcome": "dead_lettered"}
-    return _summary(result)
+        return app.store.save_prepared(save)
+
+    return self.apply_write(write, args, kwargs)
 
 
 def save_states(self: PersistenceTask, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -176,16 +186,12 @@ def save_states(self: PersistenceTask, *args: Any, **kwargs: Any) -> dict[str, A
 def delete_thread(self: PersistenceTask, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """Apply a delete (tombstone) handed off asynchronously."""
     app = self.papp
-    try:
+
+    def write() -> WriteResult:
         msg = parse_delete(args, kwargs, namespace=app.settings.namespace)
-        result = app.store.delete_thread(msg.thread_id, version=msg.version)
-    except (InvalidInput, CorruptState) as exc:
-        self.dead_letter(exc, args, kwargs)
-        return {"outcome": "dead_lettered"}
-    except StoreUnavailable as exc:
-        self.retry_or_dead_letter(exc, args, kwargs)
-        return {"outcome": "dead_lettered"}
-    return _summary(result)
+        return app.store.delete_thread(msg.thread_id, version=msg.version)
+
+    return self.apply_write(write, args, kwargs)
 
 
 def cleanup_expired(self: PersistenceTask) -> dict[str, Any]:
@@ -197,10 +203,6 @@ def cleanup_expired(self: PersistenceTask) -> dict[str, Any]:
         logger.warning("cleanup skipped: store unavailable; the next beat tick retries")
         return {"removed": 0, "skipped": True}
     return {"removed": removed}
-
-
-def _summary(result: WriteResult) -> dict[str, Any]:
-    return {"outcome": result.outcome.value, "version": result.version}
 
 
 def register_tasks(app: PersistenceApp) -> None:
