@@ -395,4 +395,10 @@ class RedisCheckpointer(BaseCheckpointer):
             err = CorruptState(thread_id, "its key holds a Redis value of another type")
             err.__cause__ = exc
             return err
+        if isinstance(exc, rex.ResponseError) and "NEWERSCHEMA" in str(exc):
+            err = CorruptState(
+                thread_id, "it was written by a newer envelope schema; not overwritten"
+            )
+            err.__cause__ = exc
+            return err
         return exc

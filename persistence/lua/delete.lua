@@ -7,6 +7,10 @@
 -- (a newer save is stored; it stays).
 
 local head = redis.call('GETRANGE', KEYS[1], 0, 23)
+if string.find(head, '^AP[2-9]') then
+  -- written by a newer envelope schema (a newer library, mid rolling upgrade): never replace
+  return redis.error_reply('NEWERSCHEMA record written by a newer envelope schema')
+end
 local current = '00000000000000000000'
 local kind = ''
 -- Only a header with 20 digits is ours; anything else reads as version 0 (replaceable).

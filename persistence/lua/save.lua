@@ -10,6 +10,13 @@
 -- Returns {outcome, version held afterwards}: 0 written, 1 duplicate, 2 stale.
 
 local head = redis.call('GETRANGE', KEYS[1], 0, 23)
+if string.find(head, '^AP[2-9]') then
+  -- written by a newer envelope schema (a newer library, mid rolling upgrade): never replace
+  if not ARGV[4] then
+    redis.call('DEL', KEYS[2])
+  end
+  return redis.error_reply('NEWERSCHEMA record written by a newer envelope schema')
+end
 local current = '00000000000000000000'
 -- Only a header with 20 digits is ours; anything else reads as version 0 (replaceable).
 if #head == 24 and string.sub(head, 1, 3) == 'AP1' and string.find(head, '^%d+$', 5) then

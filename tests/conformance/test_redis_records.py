@@ -134,7 +134,6 @@ CORRUPT = [
     pytest.param(_header(b"j") + b'{"todos": 5}', id="json-wrong-shape"),
     pytest.param(_header(b"j") + b'{"files": {"a": "\xff\xfe"}}', id="bad-utf8"),
     pytest.param(_header(b"q") + b"{}", id="unknown-kind"),
-    pytest.param(b"AP9j" + b"0" * 36 + b"{}", id="future-schema"),
     pytest.param(b'{"todos": "nope"}', id="rust-json-wrong-shape"),
     pytest.param(b"[1, 2, 3]", id="json-array"),
     pytest.param(b"", id="empty"),
@@ -188,6 +187,32 @@ def test_wrong_redis_type_is_corrupt_state(redis_backend: Backend) -> None:
     assert [getattr(r, "written", None) for r in (results[0], results[2])] == [True, True]
     assert sorted(store.list_threads()) == ["after", "before", "good"]
     assert client.type(store.keys.thread("hash")) == b"hash"  # never overwritten
+
+
+def test_newer_schema_record_is_never_overwritten(redis_backend: Backend) -> None:
+    """A record from a newer library (envelope schema 2+) is refused, not replaced."""
+    client = redis_backend.raw_client()
+    store = redis_store(redis_backend)
+    newer = b"AP2j" + b"9" * 20 + b"%016d" % 1_700_000_000_000 + b"{}"
+    client.set(store.keys.thread("newer"), newer)
+    store.save_state("good", sample_state("good"))
+
+    with pytest.raises(CorruptState, match="newer than this library") as loading:
+        store.load_state("newer")
+    assert loading.value.thread_id == "newer"
+    with pytest.raises(CorruptState, match="newer envelope schema"):
+        store.save_state("newer", sample_state("older library"))
+    big = sample_state("x" * 100_000)  # the staging (MULTI + RENAME) path too
+    with pytest.raises(CorruptState, match="newer envelope schema"):
+        store.save_state("newer", big)
+    with pytest.raises(CorruptState, match="newer envelope schema"):
+        store.delete_thread("newer")
+    results = store.save_many([store.prepare(t, sample_state(t)) for t in ("newer", "ok")])
+    assert isinstance(results[0], CorruptState)
+    assert getattr(results[1], "written", None) is True
+    assert client.get(store.keys.thread("newer")) == newer
+    assert not client.exists(store.keys.staging)
+    assert store.load_state("good") == sample_state("good")
 
 
 # -- paging over a shared index -------------------------------------------------------------------
