@@ -67,11 +67,18 @@ def test_not_a_record(served: Served, value: bytes) -> None:
 
 def test_newer_envelope_schema(served: Served) -> None:
     """A record of an envelope schema this library does not know (``AP2``): load raises
-    CorruptState ('newer than this library'); other threads are untouched."""
+    CorruptState ('newer than this library'); a save or delete refuses to replace it
+    (CorruptState, 'not overwritten'); other threads are untouched."""
     tid = f"future-{time.monotonic_ns()}"
-    _plant(served, tid, b"AP2j" + format_version(5) + _HEADER_TAIL + b"{}")
+    record = b"AP2j" + format_version(5) + _HEADER_TAIL + b"{}"
+    _plant(served, tid, record)
     with pytest.raises(CorruptState, match="newer than this library"):
         served.store.load_state(tid)
+    with pytest.raises(CorruptState, match="not overwritten"):
+        served.store.save_state(tid, sample_state(tid))
+    with pytest.raises(CorruptState, match="not overwritten"):
+        served.store.delete_thread(tid)
+    assert served.store.client.get(served.store.keys.thread(tid)) == record
     _others_fine(served)
 
 
