@@ -27,10 +27,11 @@ import redis
 
 from bench.common import Context, Section, snapshot
 from bench.noop_app import NOOP_TASK
-from bench.servers import RedisServer, Worker
+from bench.servers import Worker
 from config.settings import Settings
 from persistence import AgentStateSnapshot, RedisCheckpointer
 from tasks import CeleryCheckpointer, create_app
+from tasks.embedded import start_embedded_redis
 from tasks.messages import save_message
 from tasks.sender import TaskSender
 
@@ -188,7 +189,7 @@ def run(ctx: Context) -> Section:
     floors: list[Run] = []
     drains: list[Run] = []
     e2es: list[Run] = []
-    with RedisServer() as server:
+    with start_embedded_redis("redis-server") as server:
         for r in range(rounds):
             floors.append(_floor(ctx, server.url, state, floor_n, f"{os.getpid()}-{r}"))
             drain, e2e = _ours(ctx, server.url, state, n, f"{os.getpid()}-{r}")

@@ -21,8 +21,8 @@ import tracemalloc
 from collections.abc import Callable
 
 from bench.common import Context, Section, fmt_us
-from bench.servers import RedisServer
 from persistence import RedisCheckpointer
+from tasks.embedded import start_embedded_redis
 
 __all__ = ["run"]
 
@@ -117,7 +117,7 @@ def run(ctx: Context) -> Section:
         ["operation", "10k threads", "1M threads", "1M / 10k"],
     )
     results: dict[int, dict[str, float]] = {}
-    with RedisServer() as server:
+    with start_embedded_redis("redis-server") as server:
         for live in (10_000, 1_000_000):
             ctx.start(f"P4 {live:,} threads", 4)
             store = RedisCheckpointer.from_url(server.url, namespace=f"bench-p4-{os.getpid()}")

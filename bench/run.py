@@ -33,7 +33,7 @@ from rich.progress import (
 
 from bench.common import Context, Section
 from bench.report import rich_table, write
-from bench.servers import RedisServer
+from tasks.embedded import start_embedded_redis
 
 SECTIONS = {
     "P1": "bench.p1_handoff",
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown sections: {', '.join(unknown)}", file=sys.stderr)
         return 2
     console = Console() if sys.stdout.isatty() else Console(width=150)
-    server = RedisServer() if args.redis_url is None else None
+    server = start_embedded_redis("redis-server") if args.redis_url is None else None
     redis_url = args.redis_url or (server.url if server else "")
     sections: list[Section] = []
     failed = False

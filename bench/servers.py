@@ -1,4 +1,5 @@
-"""Processes the benchmarks start: a private ``redis-server`` and ``celery worker`` pools.
+"""Processes the benchmarks start: ``celery worker`` pools (a private ``redis-server`` comes
+from :func:`tasks.embedded.start_embedded_redis`, as for the demo).
 
 Every process is started here and ended by its PID (a worker by its process group, so the
 pool children go too); nothing is looked up or killed by name.
@@ -10,7 +11,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,66 +18,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-import redis
-
-__all__ = ["RedisServer", "Worker", "free_port"]
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class RedisServer:
-    """A private ``redis-server`` (no persistence) on a free port, in a temp directory."""
-
-    def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not on PATH (or pass --redis-url)")
-        self.port = free_port()
-        self.directory = Path(tempfile.mkdtemp(prefix="bench-redis-"))
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.directory), "--maxmemory", "0",
-             "--logfile", str(self.directory / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        client = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    self.close()
-                    raise RuntimeError("private redis-server did not start") from None
-                time.sleep(0.02)
-        client.close()
-
-    def close(self) -> None:
-        """Stop the server (SIGTERM, then SIGKILL) and remove its directory."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        shutil.rmtree(self.directory, ignore_errors=True)
-
-    def __enter__(self) -> RedisServer:
-        return self
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
+__all__ = ["Worker"]
 
 
 class Worker:
