@@ -71,7 +71,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_accept_content": ["json"],
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
-        "task_acks_on_failure_or_timeout": True,
+        # A failed or timed-out task has no durable outcome: its message goes back (see
+        # tasks.jobs.GiveBackRequest); only stored or dead-lettered outcomes are acked.
+        "task_acks_on_failure_or_timeout": False,
         "worker_prefetch_multiplier": settings.worker_prefetch_multiplier,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "task_soft_time_limit": settings.task_soft_time_limit_seconds,

@@ -20,7 +20,9 @@ transport loses one in flight when a worker is SIGKILLed between taking it off t
 and recording it as unacknowledged — and such a message never comes back by itself; so
 ``wait``/``flush`` re-send a hand-off still not durable after ``resend_pending_after_seconds``.
 Re-sent saves carry the same version, so a duplicate is a no-op. The outbox is pruned (one
-pipelined read) whenever it has doubled since the last look.
+pipelined read) whenever it has doubled since the last look, on a housekeeping thread of its
+own: the hand-off path never touches the store, so a store outage never slows or fails a
+hand-off the broker took.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 
 from kombu.exceptions import OperationalError
@@ -120,6 +122,7 @@ class CeleryCheckpointer:
         self._outbox: dict[str, _Outgoing] = {}
         self._prune_at = _PRUNE_MIN
         self._lock = threading.Lock()
+        self._pruner = _Housekeeper(self._prune, name="agents-persistence-outbox")
         self.resent = 0
         self._retry_policy = {
             "max_retries": settings.publish_max_retries,
@@ -204,8 +207,9 @@ class CeleryCheckpointer:
             held = self._outbox.get(save.thread_id)
             if held is None or held.save.version < save.version:
                 self._outbox[save.thread_id] = _Outgoing(save, time.monotonic())
-        if self._publisher is None:
-            self._maybe_prune()
+            grown = len(self._outbox) >= self._prune_at
+        if grown:
+            self._pruner.wake()
         return HandOff(self, save.thread_id, save.version)
 
     def _publish_one(self, save: PreparedSave) -> None:
@@ -239,9 +243,7 @@ class CeleryCheckpointer:
             self._broker_down(saves, exc)
 
     def _publish_buffered(self, saves: list[PreparedSave]) -> None:
-        # Runs on the publisher thread, so pruning never costs the agent a round trip.
         self._publish_batch(saves)
-        self._maybe_prune()
 
     def _run_eager(self, name: str, kwargs: Mapping[str, Any]) -> None:
         # The same JSON round trip a real broker would impose, then the task inline.
@@ -290,9 +292,11 @@ class CeleryCheckpointer:
                 if out is not None and out.save.version <= version:
                     del self._outbox[tid]
 
-    def _maybe_prune(self) -> None:
-        if len(self._outbox) < self._prune_at:
-            return
+    def _prune(self) -> None:
+        """Drop what the store holds from the outbox (on the housekeeping thread only).
+
+        Raises whatever the store raises; the caller backs off and tries again later.
+        """
         with self._lock:
             threads = list(self._outbox)
         for start in range(0, len(threads), 1000):
@@ -343,9 +347,12 @@ class CeleryCheckpointer:
             delay = min(delay * 2, 0.1)
 
     def close(self, timeout: float | None = 30.0) -> None:
-        """Publish what is buffered (buffered mode) and stop the publisher thread."""
-        if self._publisher is not None:
-            self._publisher.close(timeout)
+        """Publish what is buffered (buffered mode) and stop the background threads."""
+        try:
+            if self._publisher is not None:
+                self._publisher.close(timeout)
+        finally:
+            self._pruner.stop()
 
     @property
     def superseded(self) -> int:
@@ -375,6 +382,53 @@ class CeleryCheckpointer:
         result = self.store.delete_thread(thread_id, version=version)
         self._settle({thread_id: result.current_version})
         return result
+
+
+class _Housekeeper:
+    """A daemon thread that runs ``job`` when woken, off every caller's path.
+
+    ``job`` may fail (the store is down, say): the failure is logged and the job runs again
+    after a capped backoff while it is still wanted, never raising into a caller.
+    """
+
+    def __init__(self, job: Callable[[], None], *, name: str) -> None:
+        self._job, self._name = job, name
+        self._wanted = threading.Event()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    def wake(self) -> None:
+        """Ask for one run soon (starts the thread on first use)."""
+        self._wanted.set()
+        if self._thread is None:
+            with self._start_lock:
+                if self._thread is None and not self._stopped.is_set():
+                    self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                    self._thread.start()
+
+    def stop(self) -> None:
+        """End the thread (a run under way finishes first)."""
+        self._stopped.set()
+        self._wanted.set()
+
+    def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            self._wanted.wait()
+            if self._stopped.is_set():
+                return
+            self._wanted.clear()
+            try:
+                self._job()
+            except Exception as exc:
+                logger.warning("%s: %s; trying again in %.1fs", self._name, exc, backoff)
+                self._wanted.set()
+                if self._stopped.wait(backoff):
+                    return
+                backoff = min(backoff * 2, 5.0)
+            else:
+                backoff = 0.1
 
 
 def _close_at_exit(ref: weakref.ReferenceType[CeleryCheckpointer]) -> None:

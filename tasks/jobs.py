@@ -1,15 +1,24 @@
 """The worker tasks: unpack, call the core, decide between ack, retry and dead letter.
 
+The invariant: a message is acknowledged only once its outcome is durable, stored
+(written, duplicate or stale) or dead-lettered. Every other exit gives it back to the
+broker: the task raises ``Reject(requeue=True)``, and :class:`GiveBackRequest` requeues
+whatever else escapes (a hard time limit included). Nothing here swallows ``Reject``.
+
 Retries multiply: one store call makes up to ``retry_attempts + 1`` tries within
 ``retry_deadline_seconds`` (tenacity, in the core); when it still fails with
-:class:`StoreUnavailable`, the task is retried by Celery up to ``task_max_retries`` times
-with jittered exponential countdowns capped at ``task_retry_backoff_max_seconds``. So a
-save gives up after at most ``(task_max_retries + 1) * (retry_attempts + 1)`` store calls,
-and then goes to the dead-letter list. A message never ends in a silent ack.
+:class:`StoreUnavailable` (or the soft time limit interrupts it), the task is retried by
+Celery up to ``task_max_retries`` times (passed explicitly: Celery's ``max_retries=None``
+means its own default of 3) with jittered exponential countdowns capped at
+``task_retry_backoff_max_seconds``. Then it is dead-lettered; if the dead-letter list is
+unreachable too (the store is still down), the message goes back to the queue after a
+pause, and each redelivery tries the write first. So an outage of any length ends with
+every hand-off stored or dead-lettered once the store returns.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
@@ -17,7 +26,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from celery import Task
-from celery.exceptions import Reject, Retry
+from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
+from celery.worker.request import Request
+from celery.worker.state import task_ready
 
 from persistence.checkpoint import PreparedSave, WriteResult
 from persistence.errors import CorruptState, InvalidInput, StoreUnavailable
@@ -28,19 +39,50 @@ from tasks.names import CLEANUP_TASK, DELETE_TASK, SAVE_BATCH_TASK, SAVE_TASK
 if TYPE_CHECKING:
     from tasks.celery_app import PersistenceApp
 
-__all__ = ["PersistenceTask", "register_tasks"]
+__all__ = ["GiveBackRequest", "PersistenceTask", "register_tasks"]
 
 logger = logging.getLogger("tasks.jobs")
 
 #: Seconds to hold a message before giving it back when even the dead-letter list is down.
 _REQUEUE_PAUSE = 1.0
+#: Exceptions that already carry their message's fate (Celery acts on each of them).
+_DECIDED = (Retry, Reject, Ignore)
+
+
+class GiveBackRequest(Request):
+    """A request whose undecided failures give the message back instead of dropping it.
+
+    Celery acknowledges a failed task's message (``acks_on_failure``) or rejects it without
+    requeue, which loses it on every broker. The layer's tasks handle every error they
+    expect; anything that still escapes (a bug, an error inside Celery's own call) has no
+    durable outcome, so the message is requeued. Hard time limits requeue through
+    ``acks_on_timeout = False``; a lost worker through ``reject_on_worker_lost``.
+    """
+
+    def on_failure(
+        self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
+    ) -> None:
+        exc = getattr(exc_info.exception, "exc", exc_info.exception)
+        undecided = isinstance(exc, Exception) and not isinstance(exc, (*_DECIDED, MemoryError))
+        if undecided and self.task.acks_late and not self.acknowledged:
+            task_ready(self)
+            logger.error(
+                "task %s[%s] failed without a durable outcome (%s); message returned to the queue",
+                self.name, self.id, type(exc).__name__,
+            )  # fmt: skip
+            self.reject(requeue=True)
+            return
+        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
 
 
 class PersistenceTask(Task):  # type: ignore[type-arg]
-    """Base of the layer's tasks: explicit reliability options, dead letter on failure."""
+    """Base of the layer's tasks: explicit reliability options, nothing acked undecided."""
 
     acks_late = True
     reject_on_worker_lost = True
+    acks_on_failure = False
+    acks_on_timeout = False  # a hard time limit gives the message back
+    Request = f"{__name__}:GiveBackRequest"
     ignore_result = True
     typing = False  # arguments are checked by tasks.messages, so bad ones are dead-lettered
 
@@ -89,20 +131,33 @@ class PersistenceTask(Task):  # type: ignore[type-arg]
         logger.warning("dead-lettered %s (%s): %s", self.name, entry["id"], entry["reason"])
 
     def retry_or_dead_letter(
-        self, exc: StoreUnavailable, args: Sequence[Any], kwargs: Mapping[str, Any]
+        self, exc: Exception, args: Sequence[Any], kwargs: Mapping[str, Any]
     ) -> None:
-        """Celery retry with backoff while retries remain; then dead letter."""
-        if (
-            self.request.retries < self.papp.settings.task_max_retries
-            and not self.request.is_eager
-        ):
-            raise self.retry(
-                exc=exc,
-                countdown=self.countdown(),
-                max_retries=None,
-                args=tuple(args),
-                kwargs=dict(kwargs),
-            )
+        """Celery retry with backoff while retries remain; then dead letter.
+
+        Raises:
+            Retry: the retry is published (Celery then acknowledges this message).
+            Reject: the retry could not be published, or the dead-letter list is
+                unreachable: the message goes back to the queue (``requeue=True``).
+        """
+        limit = self.papp.settings.task_max_retries
+        if self.request.retries < limit and not self.request.is_eager:
+            try:
+                raise self.retry(
+                    exc=exc,
+                    countdown=self.countdown(),
+                    max_retries=limit,  # None would mean Celery's default (3), not ours
+                    args=tuple(args),
+                    kwargs=dict(kwargs),
+                )
+            except Reject as rejected:
+                # Celery's retry raises Reject(requeue=False) when it cannot publish the
+                # retry: that would drop the message. Give it back instead.
+                reason = getattr(rejected, "reason", rejected)
+                logger.warning("could not publish a retry (%s); message returned to the queue",
+                               reason)  # fmt: skip
+                time.sleep(_REQUEUE_PAUSE)
+                raise Reject(reason, requeue=True) from exc
         self.dead_letter(exc, args, kwargs, exhausted=True)
 
     def apply_write(
@@ -114,24 +169,40 @@ class PersistenceTask(Task):  # type: ignore[type-arg]
         except (InvalidInput, CorruptState) as exc:
             self.dead_letter(exc, args, kwargs)
             return {"outcome": "dead_lettered"}
-        except StoreUnavailable as exc:
+        except (StoreUnavailable, SoftTimeLimitExceeded) as exc:
             self.retry_or_dead_letter(exc, args, kwargs)
             return {"outcome": "dead_lettered"}
         return {"outcome": result.outcome.value, "version": result.version}
 
-    def on_failure(
-        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
-    ) -> None:
-        # Only unexpected errors get here (the tasks handle every expected one themselves):
-        # still never a silent ack.
-        if isinstance(exc, (Retry, Reject)):
-            return
+
+def guarded(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """Give a write task's unexpected errors a durable outcome: a dead letter.
+
+    In eager mode they propagate to the caller instead, as any error of an inline call.
+
+    ``Retry`` and ``Reject`` pass through (Celery acts on them); if even the dead letter
+    cannot be written, :meth:`PersistenceTask.dead_letter` raises ``Reject(requeue=True)``.
+    """
+
+    @functools.wraps(fn)
+    def run(self: PersistenceTask, *args: Any, **kwargs: Any) -> dict[str, Any]:
         try:
-            self.dead_letter(exc, args or [], kwargs or {}, unexpected=True)
-        except Reject:
-            logger.exception("could not dead-letter task %s", task_id)
+            return fn(self, *args, **kwargs)
+        except _DECIDED:
+            raise
+        except SoftTimeLimitExceeded as exc:
+            self.retry_or_dead_letter(exc, args, kwargs)
+        except Exception as exc:
+            if self.request.is_eager:
+                raise  # eager mode: the caller's test sees the bug (its state is still held)
+            logger.exception("unexpected error in %s", self.name)
+            self.dead_letter(exc, args, kwargs, unexpected=True)
+        return {"outcome": "dead_lettered"}
+
+    return run
 
 
+@guarded
 def save_state(self: PersistenceTask, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """Write one handed-off snapshot; stale and duplicate versions are successes."""
     app = self.papp
@@ -143,6 +214,7 @@ def save_state(self: PersistenceTask, *args: Any, **kwargs: Any) -> dict[str, An
     return self.apply_write(write, args, kwargs)
 
 
+@guarded
 def save_states(self: PersistenceTask, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """Write a batch in one pipelined round trip; bad entries are dead-lettered one by one."""
     app = self.papp
@@ -183,6 +255,7 @@ def save_states(self: PersistenceTask, *args: Any, **kwargs: Any) -> dict[str, A
     return counts
 
 
+@guarded
 def delete_thread(self: PersistenceTask, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """Apply a delete (tombstone) handed off asynchronously."""
     app = self.papp

@@ -394,8 +394,8 @@ def test_an_unexpected_error_reaches_the_caller_in_eager_mode(
 
     monkeypatch.setattr(persistence_store, "save_many", broken)
 
-    # Eager tasks propagate errors they do not handle before Celery's on_failure runs (a
-    # worker dead-letters them there): the agent gets the exception and still holds its state.
+    # Eager tasks propagate errors they do not expect (a worker dead-letters them): the
+    # agent gets the exception and still holds its state.
     with pytest.raises(RuntimeError, match="a bug"):
         eager_checkpointer.save_state("t-1", sample_state(), version=1)
     assert eager_app.dead_letters.count() == 0
