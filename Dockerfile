@@ -19,4 +19,4 @@ RUN pip install . \
 # Never root: Celery workers execute what arrives on the broker.
 USER app
 WORKDIR /var/lib/agents-persistence
-CMD ["celery", "-A", "tasks", "worker", "--loglevel", "INFO", "--concurrency", "2"]
+CMD ["celery", "-A", "agents_persistence.tasks", "worker", "--loglevel", "INFO", "--concurrency", "2"]

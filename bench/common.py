@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from persistence import AgentStateSnapshot, HitlInterrupt, TodoItem, TodoStatus
+from agents_persistence import AgentStateSnapshot, HitlInterrupt, TodoItem, TodoStatus
 
 __all__ = [
     "SIZES",

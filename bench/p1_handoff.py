@@ -18,11 +18,12 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from agents_persistence import AgentStateSnapshot, RedisCheckpointer
+from agents_persistence.config.settings import Settings
+from agents_persistence.tasks import SAVE_TASK, CeleryCheckpointer, PersistenceApp, create_app
+from agents_persistence.tasks.protocol.messages import save_message
+
 from bench.common import SIZES, Context, Section, fmt_us, interleaved, label, ratio, snapshot
-from config.settings import Settings
-from persistence import AgentStateSnapshot, RedisCheckpointer
-from tasks import SAVE_TASK, CeleryCheckpointer, PersistenceApp, create_app
-from tasks.messages import save_message
 
 __all__ = ["run"]
 

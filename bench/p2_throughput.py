@@ -1,4 +1,5 @@
-"""P2: persisted snapshots per second through one ``celery -A tasks worker -c 2``.
+"""P2: persisted snapshots per second through one ``celery -A agents_persistence.tasks worker -c
+2``.
 
 - ``drain``: N hand-offs (buffered mode: batches of up to 100 per message) are queued
   first; then the worker starts. Time from its first message taken to the last snapshot in
@@ -24,16 +25,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
+from agents_persistence import AgentStateSnapshot, RedisCheckpointer
+from agents_persistence.config.settings import Settings
+from agents_persistence.tasks import CeleryCheckpointer, create_app
+from agents_persistence.tasks.client.sender import TaskSender
+from agents_persistence.tasks.devtools.redis_server import start_embedded_redis
+from agents_persistence.tasks.protocol.messages import save_message
 
 from bench.common import Context, Section, snapshot
 from bench.noop_app import NOOP_TASK
 from bench.servers import Worker
-from config.settings import Settings
-from persistence import AgentStateSnapshot, RedisCheckpointer
-from tasks import CeleryCheckpointer, create_app
-from tasks.embedded import start_embedded_redis
-from tasks.messages import save_message
-from tasks.sender import TaskSender
 
 __all__ = ["run"]
 

@@ -15,10 +15,10 @@ import os
 from functools import partial
 
 import orjson
+from agents_persistence import AgentStateSnapshot, RedisCheckpointer
+from agents_persistence.codec import Codec
 
 from bench.common import SIZES, Context, Section, fmt_us, interleaved, label, ratio, snapshot
-from persistence import AgentStateSnapshot, RedisCheckpointer
-from persistence.codec import Codec
 
 __all__ = ["run"]
 

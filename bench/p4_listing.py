@@ -20,9 +20,10 @@ import time
 import tracemalloc
 from collections.abc import Callable
 
+from agents_persistence import RedisCheckpointer
+from agents_persistence.tasks.devtools.redis_server import start_embedded_redis
+
 from bench.common import Context, Section, fmt_us
-from persistence import RedisCheckpointer
-from tasks.embedded import start_embedded_redis
 
 __all__ = ["run"]
 

@@ -22,6 +22,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from agents_persistence import AgentStateSnapshot, RedisCheckpointer
+from agents_persistence.codec import Codec
+from agents_persistence.config.settings import Settings
+from agents_persistence.tasks import CeleryCheckpointer, create_app
+
 from bench.common import (
     SIZES,
     Context,
@@ -33,10 +38,6 @@ from bench.common import (
     ratio,
     snapshot,
 )
-from config.settings import Settings
-from persistence import AgentStateSnapshot, RedisCheckpointer
-from persistence.codec import Codec
-from tasks import CeleryCheckpointer, create_app
 
 __all__ = ["run"]
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 import time
 
+from agents_persistence import AgentStateSnapshot, RedisCheckpointer
+from agents_persistence.codec import Codec
+
 from bench.common import SIZES, Context, Section, label, snapshot
-from persistence import AgentStateSnapshot, RedisCheckpointer
-from persistence.codec import Codec
 
 __all__ = ["run"]
 

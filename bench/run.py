@@ -21,6 +21,7 @@ from typing import Any
 
 import celery
 import redis
+from agents_persistence.tasks.devtools.redis_server import start_embedded_redis
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -33,7 +34,6 @@ from rich.progress import (
 
 from bench.common import Context, Section
 from bench.report import rich_table, write
-from tasks.embedded import start_embedded_redis
 
 SECTIONS = {
     "P1": "bench.p1_handoff",

@@ -1,5 +1,5 @@
 """Processes the benchmarks start: ``celery worker`` pools (a private ``redis-server`` comes
-from :func:`tasks.embedded.start_embedded_redis`, as for the demo).
+from :func:`agents_persistence.tasks.devtools.redis_server.start_embedded_redis`, as for the demo).
 
 Every process is started here and ended by its PID (a worker by its process group, so the
 pool children go too); nothing is looked up or killed by name.

@@ -64,7 +64,8 @@ class Settings(BaseSettings):
     """Everything the core, the workers, beat and the CLI need.
 
     Build it once per process and pass it in; nothing in the project reads the environment
-    elsewhere (except ``tasks.app``, the Celery app that ``celery -A tasks`` loads).
+    elsewhere (except ``agents_persistence.tasks.app``, the Celery app that ``celery -A
+    agents_persistence.tasks`` loads).
     """
 
     model_config = SettingsConfigDict(

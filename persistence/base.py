@@ -8,11 +8,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
 
-from persistence.checkpoint import Checkpoint, PreparedSave, WriteResult
-from persistence.codec import Codec
-from persistence.models import AgentStateSnapshot
-from persistence.validation import check_thread_id, check_version, coerce_snapshot
-from persistence.versions import VersionClock, next_version
+from agents_persistence.checkpoint import Checkpoint, PreparedSave, WriteResult
+from agents_persistence.codec import Codec
+from agents_persistence.models import AgentStateSnapshot
+from agents_persistence.validation import check_thread_id, check_version, coerce_snapshot
+from agents_persistence.versions import VersionClock, next_version
 
 __all__ = ["DEFAULT_TOMBSTONE_TTL", "BaseCheckpointer", "TTLLike", "to_milliseconds"]
 

@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime
 
-from persistence.models import AgentStateSnapshot
+from agents_persistence.models import AgentStateSnapshot
 
 __all__ = ["Checkpoint", "PreparedSave", "WriteOutcome", "WriteResult"]
 

@@ -23,12 +23,11 @@ from datetime import UTC, datetime
 from typing import Final
 
 import orjson
+from agents_persistence.errors import CorruptState, InvalidSnapshot, SnapshotTooLarge
+from agents_persistence.models import AgentStateSnapshot
+from agents_persistence.validation import describe_error
 from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError
-
-from persistence.errors import CorruptState, InvalidSnapshot, SnapshotTooLarge
-from persistence.models import AgentStateSnapshot
-from persistence.validation import describe_error
 
 __all__ = [
     "DEFAULT_COMPRESS_THRESHOLD",

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from config.settings import NAMESPACE_PATTERN
+from agents_persistence.config.settings import NAMESPACE_PATTERN
 
 __all__ = ["Keys"]
 

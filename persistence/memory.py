@@ -12,11 +12,16 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from persistence.base import DEFAULT_TOMBSTONE_TTL, BaseCheckpointer, TTLLike, check_page_size
-from persistence.checkpoint import Checkpoint, PreparedSave, WriteOutcome, WriteResult
-from persistence.codec import Codec
-from persistence.validation import check_thread_id
-from persistence.versions import VersionClock
+from agents_persistence.base import (
+    DEFAULT_TOMBSTONE_TTL,
+    BaseCheckpointer,
+    TTLLike,
+    check_page_size,
+)
+from agents_persistence.checkpoint import Checkpoint, PreparedSave, WriteOutcome, WriteResult
+from agents_persistence.codec import Codec
+from agents_persistence.validation import check_thread_id
+from agents_persistence.versions import VersionClock
 
 __all__ = ["InMemoryCheckpointer"]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from persistence.checkpoint import WriteResult
-from persistence.models import AgentStateSnapshot
+from agents_persistence.checkpoint import WriteResult
+from agents_persistence.models import AgentStateSnapshot
 
 __all__ = ["Checkpointer", "SaveReceipt"]
 

@@ -16,26 +16,25 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 import redis.exceptions as rex
-from redis.backoff import NoBackoff
-from redis.retry import Retry
-
-from persistence.base import (
+from agents_persistence.base import (
     DEFAULT_TOMBSTONE_TTL,
     BaseCheckpointer,
     TTLLike,
     check_page_size,
 )
-from persistence.checkpoint import Checkpoint, PreparedSave, WriteOutcome, WriteResult
-from persistence.codec import HEADER_SIZE, Codec, Record, format_version
-from persistence.errors import CorruptState
-from persistence.keys import Keys
-from persistence.retry import RetryPolicy, is_transient
-from persistence.scripts import LuaScript, lua
-from persistence.validation import check_thread_id
-from persistence.versions import VersionClock
+from agents_persistence.checkpoint import Checkpoint, PreparedSave, WriteOutcome, WriteResult
+from agents_persistence.codec import HEADER_SIZE, Codec, Record, format_version
+from agents_persistence.errors import CorruptState
+from agents_persistence.keys import Keys
+from agents_persistence.retry import RetryPolicy, is_transient
+from agents_persistence.scripts import LuaScript, lua
+from agents_persistence.validation import check_thread_id
+from agents_persistence.versions import VersionClock
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 if TYPE_CHECKING:
-    from config.settings import Settings
+    from agents_persistence.config.settings import Settings
 
 __all__ = ["INLINE_MAX_BYTES", "LARGE_RECORD_BYTES", "RedisCheckpointer"]
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Final, ParamSpec, TypeVar
 
 import redis.exceptions as rex
+from agents_persistence.errors import StoreUnavailable
 from tenacity import (
     Retrying,
     before_sleep_log,
@@ -29,11 +30,9 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from persistence.errors import StoreUnavailable
-
 __all__ = ["TRANSIENT_ERRORS", "RetryPolicy", "is_transient"]
 
-logger = logging.getLogger("persistence.retry")
+logger = logging.getLogger(__name__)
 
 #: Errors worth retrying: the server may answer the same request a moment later.
 TRANSIENT_ERRORS: Final[tuple[type[BaseException], ...]] = (

@@ -22,5 +22,7 @@ class LuaScript:
 @cache
 def lua(name: str) -> LuaScript:
     """Load ``lua/<name>.lua`` from the package."""
-    source = resources.files("persistence").joinpath("lua", f"{name}.lua").read_text("utf-8")
+    source = (
+        resources.files("agents_persistence").joinpath("lua", f"{name}.lua").read_text("utf-8")
+    )
     return LuaScript(name, source, hashlib.sha1(source.encode()).hexdigest())

@@ -6,10 +6,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from agents_persistence.errors import InvalidSnapshot, InvalidThreadId, InvalidVersion
+from agents_persistence.models import AgentStateSnapshot
 from pydantic import ValidationError
-
-from persistence.errors import InvalidSnapshot, InvalidThreadId, InvalidVersion
-from persistence.models import AgentStateSnapshot
 
 __all__ = [
     "MAX_THREAD_ID_LENGTH",

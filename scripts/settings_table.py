@@ -12,9 +12,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from agents_persistence.config.settings import Settings
 from pydantic import SecretStr
-
-from config.settings import Settings
 
 
 def _default(value: object) -> str:

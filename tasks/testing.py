@@ -32,7 +32,7 @@ need real worker processes.
 
 Example::
 
-    from persistence import AgentStateSnapshot, TodoItem
+    from agents_persistence import AgentStateSnapshot, TodoItem
 
     def test_agent_checkpoints(eager_checkpointer):
         state = AgentStateSnapshot(todos=[TodoItem.pending("write the report")])
@@ -62,10 +62,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from config.settings import Settings
-    from persistence.redis_store import RedisCheckpointer
-    from tasks.celery_app import PersistenceApp
-    from tasks.client import CeleryCheckpointer
+    from agents_persistence.config.settings import Settings
+    from agents_persistence.redis_store import RedisCheckpointer
+    from agents_persistence.tasks.client.checkpointer import CeleryCheckpointer
+    from agents_persistence.tasks.worker.app import PersistenceApp
 
 __all__ = [
     "eager_app",
@@ -101,7 +101,7 @@ def persistence_namespace() -> str:
 @pytest.fixture
 def persistence_settings(persistence_namespace: str) -> Settings:
     """Settings for eager, in-process persistence (override to change them)."""
-    from config.settings import Settings
+    from agents_persistence.config.settings import Settings
 
     return Settings(
         _env_file=None,
@@ -115,9 +115,9 @@ def persistence_settings(persistence_namespace: str) -> Settings:
 @pytest.fixture
 def persistence_store(persistence_settings: Settings) -> Iterator[RedisCheckpointer]:
     """A :class:`RedisCheckpointer` over a private fakeredis server."""
-    from persistence.codec import Codec
-    from persistence.redis_store import RedisCheckpointer
-    from persistence.retry import RetryPolicy
+    from agents_persistence.codec import Codec
+    from agents_persistence.redis_store import RedisCheckpointer
+    from agents_persistence.retry import RetryPolicy
 
     s = persistence_settings
     store = RedisCheckpointer(
@@ -146,7 +146,7 @@ def eager_app(
     persistence_settings: Settings, persistence_store: RedisCheckpointer
 ) -> PersistenceApp:
     """The Celery app in eager mode: tasks run inline and write through ``persistence_store``."""
-    from tasks.celery_app import create_app
+    from agents_persistence.tasks.worker.app import create_app
 
     if not persistence_settings.eager:
         raise ValueError("eager_app needs persistence_settings with eager=True")
@@ -158,7 +158,7 @@ def eager_checkpointer(
     eager_app: PersistenceApp, persistence_store: RedisCheckpointer
 ) -> Iterator[CeleryCheckpointer]:
     """A :class:`CeleryCheckpointer` whose saves run the real task inline (durable on return)."""
-    from tasks.client import CeleryCheckpointer
+    from agents_persistence.tasks.client.checkpointer import CeleryCheckpointer
 
     client = CeleryCheckpointer(persistence_store, eager_app)
     try:

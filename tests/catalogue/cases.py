@@ -7,7 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Final
 
-from persistence.validation import MAX_THREAD_ID_LENGTH
+from agents_persistence.validation import MAX_THREAD_ID_LENGTH
 
 __all__ = ["BAD_SNAPSHOTS", "BAD_THREAD_IDS", "deep", "deep_list"]
 

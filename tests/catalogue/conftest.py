@@ -4,7 +4,8 @@
 broker, with no worker: what reaches the broker stays in the queue, so a test can tell that
 a refused input enqueued nothing.
 
-``served``: one real worker (``celery -A tasks worker``) on a private redis-server for the
+``served``: one real worker (``celery -A agents_persistence.tasks worker``) on a private
+redis-server for the
 whole package, for what reaches a worker (messages, stored data).
 
 Both store a bystander thread first; every test checks it is untouched.
@@ -20,11 +21,11 @@ from typing import Any
 
 import pytest
 import redis
+from agents_persistence import AgentStateSnapshot, RedisCheckpointer
+from agents_persistence.config import Settings
+from agents_persistence.tasks import CeleryCheckpointer, PersistenceApp, create_app
 from kombu import Connection, Producer
 
-from config import Settings
-from persistence import AgentStateSnapshot, RedisCheckpointer
-from tasks import CeleryCheckpointer, PersistenceApp, create_app
 from tests.support import RedisServer, find_redis_server, sample_state, skip_or_fail
 from tests.support.celery_worker import CeleryWorker, settings_env
 

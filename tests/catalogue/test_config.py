@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from agents_persistence import RedisCheckpointer, RetryPolicy
+from agents_persistence.config import Settings
 from pydantic import ValidationError
-
-from config import Settings
-from persistence import RedisCheckpointer, RetryPolicy
 
 pytestmark = pytest.mark.unit
 

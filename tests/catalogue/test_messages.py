@@ -1,6 +1,7 @@
 """Catalogue: what can reach a worker through the broker, and what it does with it.
 
-One real worker (``celery -A tasks worker``) serves the whole module on a private
+One real worker (``celery -A agents_persistence.tasks worker``) serves the whole module on a
+private
 redis-server. Each test publishes its bad message, then a good save behind it: the bad
 message must end as a dead letter with a typed error (or, for replays, as a harmless
 duplicate or stale write), the good save must become durable (the worker keeps serving),
@@ -16,8 +17,8 @@ import time
 from typing import Any
 
 import pytest
+from agents_persistence.tasks import DELETE_TASK, SAVE_BATCH_TASK, SAVE_TASK
 
-from tasks import DELETE_TASK, SAVE_BATCH_TASK, SAVE_TASK
 from tests.catalogue.cases import BAD_THREAD_IDS
 from tests.catalogue.conftest import MAX_SNAPSHOT_BYTES, Served
 from tests.support import sample_state

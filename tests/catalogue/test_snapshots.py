@@ -6,9 +6,9 @@ import math
 from typing import Any
 
 import pytest
+from agents_persistence import AgentStateSnapshot, InvalidSnapshot, SnapshotTooLarge
+from agents_persistence.tasks import CeleryCheckpointer, create_app
 
-from persistence import AgentStateSnapshot, InvalidSnapshot, SnapshotTooLarge
-from tasks import CeleryCheckpointer, create_app
 from tests.catalogue.cases import BAD_SNAPSHOTS, deep
 from tests.catalogue.conftest import Agent
 

@@ -14,9 +14,9 @@ import zlib
 
 import pytest
 import redis
+from agents_persistence import CorruptState
+from agents_persistence.codec import format_version
 
-from persistence import CorruptState
-from persistence.codec import format_version
 from tests.catalogue.conftest import BYSTANDER, Served
 from tests.support import SEED_JSON, sample_state
 

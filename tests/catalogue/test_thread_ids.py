@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from agents_persistence import InvalidThreadId
 
-from persistence import InvalidThreadId
 from tests.catalogue.cases import BAD_THREAD_IDS
 from tests.catalogue.conftest import Agent
 from tests.support import sample_state

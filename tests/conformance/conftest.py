@@ -15,8 +15,8 @@ from typing import Any
 import fakeredis
 import pytest
 import redis
+from agents_persistence import BaseCheckpointer, InMemoryCheckpointer, RedisCheckpointer
 
-from persistence import BaseCheckpointer, InMemoryCheckpointer, RedisCheckpointer
 from tests.support import namespace_keys
 
 

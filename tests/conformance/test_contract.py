@@ -9,8 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-
-from persistence import (
+from agents_persistence import (
     AgentStateSnapshot,
     BaseCheckpointer,
     Checkpointer,
@@ -21,6 +20,7 @@ from persistence import (
     SnapshotTooLarge,
     WriteOutcome,
 )
+
 from tests.conformance.conftest import Backend
 from tests.support import SEED_JSON, odd_thread_ids, sample_state
 

@@ -11,10 +11,10 @@ import time
 import zlib
 
 import pytest
+from agents_persistence import AgentStateSnapshot, CorruptState, RedisCheckpointer
+from agents_persistence.codec import HEADER_SIZE
+from agents_persistence.keys import Keys
 
-from persistence import AgentStateSnapshot, CorruptState, RedisCheckpointer
-from persistence.codec import HEADER_SIZE
-from persistence.keys import Keys
 from tests.conformance.conftest import Backend
 from tests.support import SEED_JSON, sample_state
 

@@ -4,7 +4,8 @@
 breaks: a private redis-server for the store and, for ``broker="redis"``, another one for
 the broker (so either can be paused, killed or restarted alone), or a private queue on the
 machine's RabbitMQ (``broker="rabbitmq"``, deleted afterwards). Workers are real
-``celery -A tasks worker`` subprocesses (:mod:`tests.support.celery_worker`), stopped by
+``celery -A agents_persistence.tasks worker`` subprocesses (:mod:`tests.support.celery_worker`),
+stopped by
 PID and process group after the test.
 
 Every test in this package is marked ``faults`` (and ``rabbitmq`` when it uses it).
@@ -23,11 +24,11 @@ from typing import Any, Literal
 
 import pytest
 import redis
+from agents_persistence import FlushTimeout, RedisCheckpointer
+from agents_persistence.config import Settings
+from agents_persistence.tasks import CeleryCheckpointer, PersistenceApp, create_app
+from agents_persistence.tasks.broker.redis_transport import INFLIGHT_REGISTRY
 
-from config import Settings
-from persistence import FlushTimeout, RedisCheckpointer
-from tasks import CeleryCheckpointer, PersistenceApp, create_app
-from tasks.redis_broker import INFLIGHT_REGISTRY
 from tests.faults.reconcile import Ledger, Reconciliation, reconcile, write_result
 from tests.integration.conftest import (
     RABBITMQ_URL,

@@ -14,8 +14,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from persistence import VersionClock
-from tasks import CeleryCheckpointer
+from agents_persistence import VersionClock
+from agents_persistence.tasks import CeleryCheckpointer
+
 from tests.faults.reconcile import Ledger, snapshot_for
 
 __all__ = ["Stream", "thread_ids"]

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from persistence import AgentStateSnapshot, BaseCheckpointer, PersistenceError
+from agents_persistence import AgentStateSnapshot, BaseCheckpointer, PersistenceError
 
 __all__ = [
     "RESULTS_DIR",

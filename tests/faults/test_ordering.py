@@ -7,9 +7,9 @@ import threading
 import time
 
 import pytest
+from agents_persistence import VersionClock
+from agents_persistence.tasks import CeleryCheckpointer
 
-from persistence import VersionClock
-from tasks import CeleryCheckpointer
 from tests.faults.conftest import FleetFactory, Report, hold_store_writes
 from tests.faults.producers import Stream, thread_ids
 from tests.faults.reconcile import Ledger, snapshot_for

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from agents_persistence import HandOffError, InMemoryCheckpointer
 
-from persistence import HandOffError, InMemoryCheckpointer
 from tests.faults.reconcile import Ledger, reconcile, snapshot_for
 
 pytestmark = pytest.mark.unit

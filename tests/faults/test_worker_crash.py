@@ -10,8 +10,8 @@ import time
 
 import pytest
 import redis
+from agents_persistence.tasks.broker.redis_transport import INFLIGHT_REGISTRY
 
-from tasks.redis_broker import INFLIGHT_REGISTRY
 from tests.faults.conftest import FleetFactory, Report, hold_store_writes
 from tests.faults.producers import Stream, thread_ids
 from tests.faults.reconcile import Ledger

@@ -1,6 +1,7 @@
 """Fixtures for integration tests: real worker and beat subprocesses over private servers.
 
-* ``celery_worker_factory`` / ``celery_beat_factory``: start ``celery -A tasks worker|beat``
+* ``celery_worker_factory`` / ``celery_beat_factory``: start ``celery -A agents_persistence.tasks
+worker|beat``
   subprocesses (see :mod:`tests.support.celery_worker`); each is stopped by PID and process
   group after the test, whatever happened.
 * ``stack_factory`` / ``stack``: a private redis-server (store and, by default, broker), a
@@ -24,12 +25,12 @@ from urllib.parse import urlsplit
 
 import pytest
 import redis
+from agents_persistence.config.settings import Settings
+from agents_persistence.redis_store import RedisCheckpointer
+from agents_persistence.tasks.client.checkpointer import CeleryCheckpointer
+from agents_persistence.tasks.worker.app import PersistenceApp, create_app
 from kombu import Connection
 
-from config.settings import Settings
-from persistence.redis_store import RedisCheckpointer
-from tasks.celery_app import PersistenceApp, create_app
-from tasks.client import CeleryCheckpointer
 from tests.support import RedisServer, skip_or_fail
 from tests.support.celery_worker import CeleryBeat, CeleryWorker, settings_env
 

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import pytest
 import redis
+from agents_persistence import AgentStateSnapshot, RedisCheckpointer, TodoItem
+from agents_persistence.retry import RetryPolicy
+from agents_persistence.tasks.devtools.redis_server import fakeredis_available, find_redis_server
+from agents_persistence.tasks.protocol.names import SAVE_TASK
+from agents_persistence.tasks.worker.dead_letters import RedisDeadLetters, make_entry
 
-from persistence import AgentStateSnapshot, RedisCheckpointer, TodoItem
-from persistence.retry import RetryPolicy
-from tasks.deadletter import RedisDeadLetters, make_entry
-from tasks.embedded import fakeredis_available, find_redis_server
-from tasks.names import SAVE_TASK
 from tests.support import skip_or_fail
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis]

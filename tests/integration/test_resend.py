@@ -8,8 +8,8 @@ back. The client keeps each thread's newest un-confirmed snapshot and re-sends i
 from __future__ import annotations
 
 import pytest
+from agents_persistence.errors import FlushTimeout
 
-from persistence.errors import FlushTimeout
 from tests.integration.conftest import StackFactory
 from tests.support import sample_state
 

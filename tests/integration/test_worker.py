@@ -1,4 +1,5 @@
-"""The hand-off path end to end: real ``celery -A tasks worker`` / ``beat`` subprocesses.
+"""The hand-off path end to end: real ``celery -A agents_persistence.tasks worker`` / ``beat``
+subprocesses.
 
 Each test runs its own private redis-server (store and broker) and its own processes.
 """
@@ -16,8 +17,8 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import pytest
+from agents_persistence.tasks.protocol.names import CLEANUP_TASK, SAVE_BATCH_TASK, SAVE_TASK
 
-from tasks.names import CLEANUP_TASK, SAVE_BATCH_TASK, SAVE_TASK
 from tests.integration.conftest import Stack, StackFactory
 from tests.support import sample_state
 from tests.support.celery_worker import kill_outside_pop_window

@@ -12,10 +12,10 @@ from urllib.parse import quote
 
 import pytest
 import redis
+from agents_persistence import HandOffError, RedisCheckpointer, StoreUnavailable
+from agents_persistence.config import Settings
+from agents_persistence.tasks import CeleryCheckpointer, create_app
 
-from config import Settings
-from persistence import HandOffError, RedisCheckpointer, StoreUnavailable
-from tasks import CeleryCheckpointer, create_app
 from tests.integration.conftest import WorkerFactory
 from tests.support import RedisServer, free_port, sample_state
 from tests.support.celery_worker import settings_env

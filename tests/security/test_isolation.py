@@ -15,14 +15,14 @@ from collections.abc import Callable
 import fakeredis
 import pytest
 import redis
+from agents_persistence import InvalidThreadId, RedisCheckpointer
+from agents_persistence.config import Settings
+from agents_persistence.keys import Keys
+from agents_persistence.tasks import CeleryCheckpointer, create_app
+from agents_persistence.validation import MAX_THREAD_ID_LENGTH, check_thread_id
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from config import Settings
-from persistence import InvalidThreadId, RedisCheckpointer
-from persistence.keys import Keys
-from persistence.validation import MAX_THREAD_ID_LENGTH, check_thread_id
-from tasks import CeleryCheckpointer, create_app
 from tests.support import RedisServer, sample_state
 
 #: Thread ids built to reach other keys: other namespaces' records, their index and dead

@@ -20,11 +20,11 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from agents_persistence import HandOffError, RedisCheckpointer, StoreUnavailable
+from agents_persistence.config import Settings
+from agents_persistence.tasks import CeleryCheckpointer, create_app
 from pydantic import ValidationError
 
-from config import Settings
-from persistence import HandOffError, RedisCheckpointer, StoreUnavailable
-from tasks import CeleryCheckpointer, create_app
 from tests.integration.conftest import WorkerFactory
 from tests.support import RedisServer, free_port, sample_state
 from tests.support.celery_worker import REPO_ROOT, clean_environ, settings_env

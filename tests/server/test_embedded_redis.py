@@ -6,13 +6,13 @@ import os
 
 import pytest
 import redis
-
-from tasks.embedded import (
+from agents_persistence.tasks.devtools.redis_server import (
     EmbeddedKind,
     fakeredis_available,
     find_redis_server,
     start_embedded_redis,
 )
+
 from tests.support import skip_or_fail
 
 pytestmark = pytest.mark.redis

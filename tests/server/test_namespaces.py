@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import pytest
 import redis
+from agents_persistence import RedisCheckpointer
 
-from persistence import RedisCheckpointer
 from tests.support import delete_namespace, namespace_keys, sample_state
 
 pytestmark = pytest.mark.redis

@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 
 import pytest
 import redis.exceptions as rex
+from agents_persistence import RedisCheckpointer, RetryPolicy, StoreUnavailable
 
-from persistence import RedisCheckpointer, RetryPolicy, StoreUnavailable
 from tests.support import RedisServer, sample_state
 
 pytestmark = pytest.mark.redis
@@ -59,7 +59,7 @@ def restarted_after(server: RedisServer, delay: float) -> Iterator[None]:
 
 
 def retry_messages(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "persistence.retry"]
+    return [r.getMessage() for r in caplog.records if r.name == "agents_persistence.retry"]
 
 
 def test_a_save_rides_out_a_crash_and_restart(
@@ -67,7 +67,7 @@ def test_a_save_rides_out_a_crash_and_restart(
     open_store: Callable[..., RedisCheckpointer],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="persistence.retry")
+    caplog.set_level(logging.WARNING, logger="agents_persistence.retry")
     policy = RetryPolicy(attempts=100, initial_backoff=0.05, max_backoff=0.25, deadline=8.0)
     store = open_store(redis_server.url, retry=policy)
     store.save_state("t", sample_state("before"), version=1)
@@ -176,7 +176,7 @@ def test_a_wrong_password_is_not_retried(
     open_store: Callable[..., RedisCheckpointer],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="persistence.retry")
+    caplog.set_level(logging.WARNING, logger="agents_persistence.retry")
     server = redis_server_factory(requirepass="right-password")
     policy = RetryPolicy(attempts=50, initial_backoff=0.1, max_backoff=1.0, deadline=10.0)
     for url in (server.url_for(password="wrong-password"), server.url_for()):
@@ -197,7 +197,7 @@ def test_an_acl_refusal_is_not_retried(
     open_store: Callable[..., RedisCheckpointer],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="persistence.retry")
+    caplog.set_level(logging.WARNING, logger="agents_persistence.retry")
     server = redis_server_factory(
         extra_args=["--user", "no-reads", "on", ">pw", "~*", "&*", "+@all", "-get"]
     )

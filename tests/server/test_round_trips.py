@@ -6,8 +6,8 @@ import secrets
 from collections.abc import Callable
 
 import pytest
+from agents_persistence import AgentStateSnapshot, RedisCheckpointer
 
-from persistence import AgentStateSnapshot, RedisCheckpointer
 from tests.support import (
     RedisServer,
     RoundTripCounter,

@@ -1,6 +1,8 @@
-"""Real ``celery -A tasks worker`` and ``celery -A tasks beat`` subprocesses for tests.
+"""Real ``celery -A agents_persistence.tasks worker`` and ``celery -A agents_persistence.tasks
+beat`` subprocesses for tests.
 
-Each process runs from the repository root (so ``-A tasks`` imports this checkout) with an
+Each process runs from the repository root (so ``-A agents_persistence.tasks`` imports this
+checkout) with an
 explicit environment: the caller's ``AGENTS_PERSISTENCE_*`` variables only, never the ones
 of the shell that runs pytest. It starts in a session and process group of its own
 (``start_new_session=True``), so its process group id is its PID and a signal to the group
@@ -67,7 +69,8 @@ __all__ = [
     "settings_env",
 ]
 
-#: The checkout's root: the working directory of every process, so ``-A tasks`` imports it.
+# : The checkout's root: the working directory of every process, so ``-A
+# agents_persistence.tasks`` imports it.
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 _ENV_PREFIX = "AGENTS_PERSISTENCE_"
@@ -142,10 +145,11 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 
 
 class CeleryProcess:
-    """One ``celery -A tasks <command>`` subprocess (not started until :meth:`start`).
+    """One ``celery -A agents_persistence.tasks <command>`` subprocess (not started until
+    :meth:`start`).
 
     Args:
-        command: the Celery sub-command and its options, after ``-A tasks``.
+        command: the Celery sub-command and its options, after ``-A agents_persistence.tasks``.
         env: variables for the process on top of :func:`clean_environ` (the settings).
         directory: where its log files go (a test's ``tmp_path``).
         name: file name stem of its logs; unique per process in ``directory``.
@@ -172,7 +176,7 @@ class CeleryProcess:
         self.startup_timeout = startup_timeout
         self.log_path = self.directory / f"{name}.log"
         self.output_path = self.directory / f"{name}.out"
-        self.argv = [sys.executable, "-m", "celery", "-A", "tasks", *command]
+        self.argv = [sys.executable, "-m", "celery", "-A", "agents_persistence.tasks", *command]
         self.argv += ["--logfile", str(self.log_path)]
         self._proc: subprocess.Popen[bytes] | None = None
         self._returncode: int | None = None
@@ -423,7 +427,7 @@ class CeleryProcess:
 
 
 class CeleryWorker(CeleryProcess):
-    """``celery -A tasks worker``: ready once its log says ``ready.``.
+    """``celery -A agents_persistence.tasks worker``: ready once its log says ``ready.``.
 
     Args:
         env: the settings variables (see :func:`settings_env`); the queue consumed is
@@ -501,7 +505,8 @@ class CeleryWorker(CeleryProcess):
 
 
 class CeleryBeat(CeleryProcess):
-    """``celery -A tasks beat`` with a schedule file of its own in ``directory``.
+    """``celery -A agents_persistence.tasks beat`` with a schedule file of its own in
+    ``directory``.
 
     Ready once its log says ``beat: Starting...``; every due task is logged as
     ``Scheduler: Sending due task <name>``.

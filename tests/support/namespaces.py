@@ -9,8 +9,7 @@ from __future__ import annotations
 import uuid
 
 import redis
-
-from persistence.keys import Keys
+from agents_persistence.keys import Keys
 
 __all__ = ["delete_namespace", "namespace_keys", "unique_namespace"]
 

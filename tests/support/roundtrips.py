@@ -18,9 +18,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from agents_persistence import AgentStateSnapshot, RedisCheckpointer, TodoItem
 from redis.connection import Connection
-
-from persistence import AgentStateSnapshot, RedisCheckpointer, TodoItem
 
 __all__ = [
     "RoundTripCounter",

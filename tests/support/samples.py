@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from persistence import AgentStateSnapshot, TodoItem, TodoStatus
+from agents_persistence import AgentStateSnapshot, TodoItem, TodoStatus
 
 __all__ = ["SEED_JSON", "odd_thread_ids", "sample_state"]
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from agents_persistence import AgentStateSnapshot, HitlInterrupt, TodoItem, TodoStatus
 from hypothesis import strategies as st
 from pydantic import JsonValue
-
-from persistence import AgentStateSnapshot, HitlInterrupt, TodoItem, TodoStatus
 
 __all__ = ["interrupts", "json_values", "snapshots", "todos"]
 

@@ -7,18 +7,18 @@ import zlib
 from datetime import UTC, datetime
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
-from persistence import (
+from agents_persistence import (
     AgentStateSnapshot,
     Codec,
     CorruptState,
     InvalidSnapshot,
     SnapshotTooLarge,
 )
-from persistence.codec import HEADER_SIZE, format_version
-from persistence.validation import MAX_VERSION
+from agents_persistence.codec import HEADER_SIZE, format_version
+from agents_persistence.validation import MAX_VERSION
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from tests.support import SEED_JSON, sample_state
 from tests.support.strategies import snapshots
 

@@ -1,6 +1,7 @@
 """compose.yaml and the Dockerfile, checked without a Docker engine.
 
-The deployment must run the same Celery app as the tests (``-A tasks``), exactly one beat,
+The deployment must run the same Celery app as the tests (``-A agents_persistence.tasks``),
+exactly one beat,
 a Redis that neither loses acknowledged writes nor evicts state, and only settings that
 ``config.Settings`` really reads.
 """
@@ -14,8 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
-
-from config import Settings
+from agents_persistence.config import Settings
 
 pytestmark = pytest.mark.unit
 
@@ -43,7 +43,8 @@ def environment(service: dict[str, Any]) -> dict[str, str]:
 
 
 def celery_role(service: dict[str, Any]) -> str | None:
-    """``worker`` / ``beat`` for ``celery -A tasks <role>`` commands, else None."""
+    """``worker`` / ``beat`` for ``celery -A agents_persistence.tasks <role>`` commands, else
+    None."""
     args = argv(service)
     if not args or args[0] != "celery" or "-A" not in args:
         return None
@@ -52,8 +53,8 @@ def celery_role(service: dict[str, Any]) -> str | None:
 
 
 def test_worker_and_beat_run_the_tasks_app(services: dict[str, dict[str, Any]]) -> None:
-    assert celery_role(services["worker"]) == "tasks:worker"
-    assert celery_role(services["beat"]) == "tasks:beat"
+    assert celery_role(services["worker"]) == "agents_persistence.tasks:worker"
+    assert celery_role(services["beat"]) == "agents_persistence.tasks:beat"
     assert "--concurrency" in argv(services["worker"])
 
 

@@ -6,14 +6,19 @@ import os
 from pathlib import Path
 
 import pytest
+from agents_persistence import AgentStateSnapshot, TodoStatus
+from agents_persistence.config import Settings
+from agents_persistence.tasks.cli.context import Context
+from agents_persistence.tasks.cli.fleet import (
+    GrowingState,
+    audit,
+    metric_rows,
+    percentile,
+    run_fleet,
+)
+from agents_persistence.tasks.client.checkpointer import CeleryCheckpointer
+from agents_persistence.tasks.devtools.processes import child_env
 from pydantic import SecretStr
-
-from config import Settings
-from persistence import AgentStateSnapshot, TodoStatus
-from tasks.cli_context import Context
-from tasks.client import CeleryCheckpointer
-from tasks.fleet import GrowingState, audit, metric_rows, percentile, run_fleet
-from tasks.processes import child_env
 
 pytestmark = pytest.mark.unit
 

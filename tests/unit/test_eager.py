@@ -1,6 +1,7 @@
 """The whole hand-off path in eager mode: the real tasks run inline, over fakeredis.
 
-The fixtures come from the package's own pytest plugin (:mod:`tasks.testing`), as they would
+The fixtures come from the package's own pytest plugin (:mod:`agents_persistence.tasks.testing`),
+as they would
 in a user's suite. Eager mode proves the logic (validation, message parsing, versioned
 writes, dead letters); reliability needs the integration tests' real processes.
 """
@@ -11,15 +12,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from agents_persistence.config.settings import Settings
+from agents_persistence.errors import FlushTimeout, InvalidThreadId, StoreUnavailable
+from agents_persistence.redis_store import RedisCheckpointer
+from agents_persistence.tasks.client.checkpointer import CeleryCheckpointer, HandOff
+from agents_persistence.tasks.protocol.messages import batch_message, save_entry, save_message
+from agents_persistence.tasks.protocol.names import DELETE_TASK, SAVE_BATCH_TASK, SAVE_TASK
+from agents_persistence.tasks.worker.app import PersistenceApp, create_app
 from celery.signals import task_postrun
 
-from config.settings import Settings
-from persistence.errors import FlushTimeout, InvalidThreadId, StoreUnavailable
-from persistence.redis_store import RedisCheckpointer
-from tasks.celery_app import PersistenceApp, create_app
-from tasks.client import CeleryCheckpointer, HandOff
-from tasks.messages import batch_message, save_entry, save_message
-from tasks.names import DELETE_TASK, SAVE_BATCH_TASK, SAVE_TASK
 from tests.support import sample_state
 
 pytestmark = pytest.mark.unit

@@ -1,11 +1,11 @@
-"""tasks.embedded: which private Redis the demo picks, and its errors when there is none."""
+"""agents_persistence.tasks.devtools.redis_server: which private Redis the demo picks, and its
+errors when there is none."""
 
 from __future__ import annotations
 
 import pytest
-
-from tasks import embedded
-from tasks.embedded import EmbeddedRedisError, start_embedded_redis
+from agents_persistence.tasks.devtools import redis_server as embedded
+from agents_persistence.tasks.devtools.redis_server import EmbeddedRedisError, start_embedded_redis
 
 pytestmark = pytest.mark.unit
 

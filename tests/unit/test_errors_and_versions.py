@@ -5,8 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-
-from persistence import (
+from agents_persistence import (
     CorruptState,
     FlushTimeout,
     HandOffError,

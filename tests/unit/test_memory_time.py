@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from agents_persistence import InMemoryCheckpointer
 
-from persistence import InMemoryCheckpointer
 from tests.support import sample_state
 
 pytestmark = pytest.mark.unit

@@ -6,9 +6,9 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+from agents_persistence import AgentStateSnapshot, HitlInterrupt, TodoItem, TodoStatus
 from pydantic import ValidationError
 
-from persistence import AgentStateSnapshot, HitlInterrupt, TodoItem, TodoStatus
 from tests.support import SEED_JSON
 
 pytestmark = pytest.mark.unit

@@ -1,4 +1,5 @@
-"""The pytest plugin (:mod:`tasks.testing`) as a user meets it: installed, no conftest needed.
+"""The pytest plugin (:mod:`agents_persistence.tasks.testing`) as a user meets it: installed, no
+conftest needed.
 
 Each test writes a small user test suite into a temporary directory and runs pytest on it
 with ``pytester``; the plugin is found through the package's ``pytest11`` entry point.
@@ -16,8 +17,8 @@ pytestmark = pytest.mark.unit
 
 USER_SUITE = textwrap.dedent(
     """
-    from persistence import AgentStateSnapshot, TodoItem
-    from tasks import CeleryCheckpointer, HandOff
+    from agents_persistence import AgentStateSnapshot, TodoItem
+    from agents_persistence.tasks import CeleryCheckpointer, HandOff
 
 
     def state(text):
@@ -90,7 +91,7 @@ def test_settings_are_overridden_in_a_conftest(pytester: pytest.Pytester) -> Non
         test_overridden="""
         from datetime import timedelta
 
-        from persistence import AgentStateSnapshot
+        from agents_persistence import AgentStateSnapshot
 
         def test_buffered_with_ttl(eager_checkpointer, persistence_store):
             assert eager_checkpointer.mode == "buffered"

@@ -7,14 +7,17 @@ import inspect
 import re
 from types import ModuleType
 
+import agents_persistence as persistence
 import pytest
-
-import config
-import persistence
+from agents_persistence import config, tasks
 
 pytestmark = pytest.mark.unit
 
-PACKAGES = [pytest.param(persistence, id="persistence"), pytest.param(config, id="config")]
+PACKAGES = [
+    pytest.param(persistence, id="agents_persistence"),
+    pytest.param(config, id="agents_persistence.config"),
+    pytest.param(tasks, id="agents_persistence.tasks"),
+]
 
 
 def isort_key(name: str) -> tuple[int, list[int | str]]:

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import click
 import pytest
-
-from config import Settings
-from tasks.cli import main
+from agents_persistence.config import Settings
+from agents_persistence.tasks.cli.main import main
 
 pytestmark = pytest.mark.unit
 

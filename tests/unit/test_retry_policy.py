@@ -7,9 +7,8 @@ import time
 
 import pytest
 import redis.exceptions as rex
-
-from persistence import RetryPolicy, StoreUnavailable
-from persistence.retry import is_transient
+from agents_persistence import RetryPolicy, StoreUnavailable
+from agents_persistence.retry import is_transient
 
 pytestmark = pytest.mark.unit
 
@@ -93,16 +92,16 @@ def test_the_deadline_bounds_the_time() -> None:
 
 
 def test_retries_are_logged_before_sleeping(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="persistence.retry")
+    caplog.set_level(logging.WARNING, logger="agents_persistence.retry")
     assert FAST.call("save", Flaky(3, rex.ConnectionError("refused"))) == "ok"
-    messages = [r.getMessage() for r in caplog.records if r.name == "persistence.retry"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "agents_persistence.retry"]
     assert all(r.levelno == logging.WARNING for r in caplog.records)
     assert any("save: transient store error" in m for m in messages)
     assert any(m.startswith("Retrying") for m in messages)  # tenacity's before_sleep
 
 
 def test_the_happy_path_logs_nothing(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="persistence.retry")
+    caplog.set_level(logging.DEBUG, logger="agents_persistence.retry")
     assert FAST.call("save", lambda: "ok") == "ok"
     assert caplog.records == []
 

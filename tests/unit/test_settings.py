@@ -1,4 +1,5 @@
-"""config.Settings: environment, .env, keyword overrides, validation, and secrets."""
+"""agents_persistence.config.Settings: environment, .env, keyword overrides, validation, and
+secrets."""
 
 from __future__ import annotations
 
@@ -8,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from agents_persistence import RedisCheckpointer
+from agents_persistence.config import Settings, redact_url
 from pydantic import ValidationError
-
-from config import Settings, redact_url
-from persistence import RedisCheckpointer
 
 pytestmark = pytest.mark.unit
 

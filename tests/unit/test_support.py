@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from agents_persistence.keys import Keys
 
-from persistence.keys import Keys
 from tests.support import (
     RoundTripCounter,
     find_redis_server,

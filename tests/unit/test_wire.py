@@ -1,4 +1,5 @@
-"""tasks.wire: the orjson decoder gives exactly what kombu's JSON decoder gives."""
+"""agents_persistence.tasks.protocol.json_decoder: the orjson decoder gives exactly what kombu's
+JSON decoder gives."""
 
 from __future__ import annotations
 
@@ -8,13 +9,12 @@ import uuid
 from typing import Any
 
 import pytest
+from agents_persistence.tasks.protocol.json_decoder import install_json_decoder
+from agents_persistence.tasks.protocol.json_decoder import loads as fast_loads
 from hypothesis import given
 from hypothesis import strategies as st
 from kombu.serialization import dumps, loads
 from kombu.utils import json as kombu_json
-
-from tasks.wire import install_json_decoder
-from tasks.wire import loads as fast_loads
 
 pytestmark = pytest.mark.unit
 

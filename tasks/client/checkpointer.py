@@ -35,24 +35,23 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 
+from agents_persistence.base import BaseCheckpointer
+from agents_persistence.checkpoint import Checkpoint, PreparedSave, WriteResult
+from agents_persistence.config.settings import Settings
+from agents_persistence.errors import FlushTimeout, HandOffError
+from agents_persistence.models import AgentStateSnapshot
+from agents_persistence.redis_store import RedisCheckpointer
+from agents_persistence.tasks.client.buffer import BufferedPublisher
+from agents_persistence.tasks.client.sender import TaskSender
+from agents_persistence.tasks.protocol.messages import batch_message, save_message
+from agents_persistence.tasks.protocol.names import SAVE_BATCH_TASK, SAVE_TASK
+from agents_persistence.tasks.worker.app import PersistenceApp, create_app
 from kombu.exceptions import OperationalError
 from kombu.serialization import dumps, loads
 
-from config.settings import Settings
-from persistence.base import BaseCheckpointer
-from persistence.checkpoint import Checkpoint, PreparedSave, WriteResult
-from persistence.errors import FlushTimeout, HandOffError
-from persistence.models import AgentStateSnapshot
-from persistence.redis_store import RedisCheckpointer
-from tasks.celery_app import PersistenceApp, create_app
-from tasks.messages import batch_message, save_message
-from tasks.names import SAVE_BATCH_TASK, SAVE_TASK
-from tasks.publisher import BufferedPublisher
-from tasks.sender import TaskSender
-
 __all__ = ["CeleryCheckpointer", "HandOff"]
 
-logger = logging.getLogger("tasks.client")
+logger = logging.getLogger(__name__)
 
 _BROKER_ERRORS = (OperationalError, ConnectionError, OSError, TimeoutError)
 #: Smallest outbox worth a pruning read; after each, the next waits until it doubled.

@@ -6,13 +6,16 @@ import ssl
 from functools import cached_property
 from typing import Any
 
+from agents_persistence.base import BaseCheckpointer
+from agents_persistence.config.settings import Settings
+from agents_persistence.redis_store import RedisCheckpointer
+from agents_persistence.tasks.protocol.names import CLEANUP_TASK
+from agents_persistence.tasks.worker.dead_letters import (
+    DeadLetters,
+    MemoryDeadLetters,
+    RedisDeadLetters,
+)
 from celery import Celery
-
-from config.settings import Settings
-from persistence.base import BaseCheckpointer
-from persistence.redis_store import RedisCheckpointer
-from tasks.deadletter import DeadLetters, MemoryDeadLetters, RedisDeadLetters
-from tasks.names import CLEANUP_TASK
 
 __all__ = ["PersistenceApp", "celery_config", "create_app"]
 
@@ -47,8 +50,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if redis_broker:
         # kombu's Redis transport loses a message a worker dies holding between its pop and
-        # its unacked record; ours moves it to an in-flight list instead (tasks.redis_broker).
-        extra["broker_transport"] = "tasks.redis_broker:Transport"
+        # its unacked record; ours moves it to an in-flight list instead
+        # (agents_persistence.tasks.broker.redis_transport).
+        extra["broker_transport"] = "agents_persistence.tasks.broker.redis_transport:Transport"
         transport["priority_steps"] = [0]  # one list per queue: BLMOVE takes one source
         if broker.startswith("rediss://"):
             # Verify the server's certificate unless the URL says otherwise
@@ -72,7 +76,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         # A failed or timed-out task has no durable outcome: its message goes back (see
-        # tasks.jobs.GiveBackRequest); only stored or dead-lettered outcomes are acked.
+        # agents_persistence.tasks.worker.handlers.GiveBackRequest); only stored or dead-lettered
+        # outcomes are acked.
         "task_acks_on_failure_or_timeout": False,
         "worker_prefetch_multiplier": settings.worker_prefetch_multiplier,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
@@ -83,7 +88,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_create_missing_queues": True,
         "task_always_eager": settings.eager,
         "task_eager_propagates": True,
-        "worker_consumer": "tasks.consumer:DeadLetterConsumer",
+        "worker_consumer": "agents_persistence.tasks.worker.consumer:DeadLetterConsumer",
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
         # Remote control (celery inspect/control) listens on a fanout channel. On a Redis
@@ -147,8 +152,8 @@ def create_app(
         store: the checkpointer tasks write through; default: a :class:`RedisCheckpointer`
             from ``settings``, built on first use in each process.
     """
-    from tasks.jobs import register_tasks
-    from tasks.wire import install_json_decoder
+    from agents_persistence.tasks.protocol.json_decoder import install_json_decoder
+    from agents_persistence.tasks.worker.handlers import register_tasks
 
     install_json_decoder()  # exact same results as kombu's JSON decoder, ~2.8x faster
     app = PersistenceApp(settings if settings is not None else Settings(), store=store)

@@ -13,17 +13,16 @@ from urllib.parse import unquote, urlsplit
 
 import click
 import redis
+from agents_persistence.config.settings import Settings
+from agents_persistence.errors import PersistenceError
+from agents_persistence.redis_store import RedisCheckpointer
+from agents_persistence.tasks.devtools.processes import WorkerError
+from agents_persistence.tasks.devtools.redis_server import EmbeddedRedisError
+from agents_persistence.tasks.worker.app import PersistenceApp, create_app
+from agents_persistence.tasks.worker.dead_letters import DeadLetters
 from kombu.exceptions import KombuError
 from pydantic import ValidationError
 from rich.console import Console
-
-from config.settings import Settings
-from persistence.errors import PersistenceError
-from persistence.redis_store import RedisCheckpointer
-from tasks.celery_app import PersistenceApp, create_app
-from tasks.deadletter import DeadLetters
-from tasks.embedded import EmbeddedRedisError
-from tasks.processes import WorkerError
 
 __all__ = ["CliError", "CliGroup", "Context", "describe", "fail", "pass_context"]
 

@@ -21,7 +21,8 @@ This transport closes the window the usual way for Redis queues:
 A message is thus always in the queue, in an in-flight list, or in ``unacked``. Recovered
 messages may be delivered twice; the versioned writes make that harmless.
 
-Used for ``redis://`` and ``rediss://`` brokers (see :func:`tasks.celery_app.celery_config`):
+Used for ``redis://`` and ``rediss://`` brokers (see
+:func:`agents_persistence.tasks.worker.app.celery_config`):
 one list per queue (``priority_steps=[0]``; the layer sends no priorities).
 """
 
@@ -40,7 +41,7 @@ from kombu.utils.json import dumps, loads
 
 __all__ = ["INFLIGHT_PREFIX", "INFLIGHT_REGISTRY", "Channel", "QoS", "Transport"]
 
-logger = logging.getLogger("tasks.redis_broker")
+logger = logging.getLogger(__name__)
 
 #: Hash of every in-flight list -> the queue list it takes from. The ``/`` cannot occur in a
 #: namespace, so no key of the store's layout can collide with these.
@@ -48,7 +49,9 @@ INFLIGHT_REGISTRY = "_agents_persistence/inflight"
 #: Prefix of the in-flight lists (one per consuming channel and queue).
 INFLIGHT_PREFIX = "_agents_persistence/inflight/"
 _MIN_LEASE = 10.0
-_RECOVER = resources.files("tasks").joinpath("lua", "recover_inflight.lua").read_text("utf-8")
+_RECOVER = (
+    resources.files("agents_persistence.tasks.broker").joinpath("lua", "recover_inflight.lua")
+).read_text("utf-8")
 
 
 class QoS(kombu_redis.QoS):

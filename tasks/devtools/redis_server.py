@@ -11,7 +11,8 @@ In order of preference:
     fakeredis ships with the ``test`` extra (``pip install 'agents-persistence[test]'``).
 
 Either runs as a child process that :meth:`EmbeddedRedis.close` ends by PID; the temp dir
-goes with it. ``python -m tasks.embedded --serve-fakeredis`` is the fakeredis child itself.
+goes with it. ``python -m agents_persistence.tasks.devtools.redis_server --serve-fakeredis`` is
+the fakeredis child itself.
 """
 
 from __future__ import annotations
@@ -32,8 +33,7 @@ from types import TracebackType
 from typing import Literal, Self
 
 import redis
-
-from tasks.processes import end_process_group, log_tail, spawn
+from agents_persistence.tasks.devtools.processes import end_process_group, log_tail, spawn
 
 __all__ = ["EmbeddedKind", "EmbeddedRedis", "EmbeddedRedisError", "start_embedded_redis"]
 
@@ -189,7 +189,12 @@ def _start_fakeredis(timeout: float) -> EmbeddedRedis:
 
     directory = Path(tempfile.mkdtemp(prefix="agents-persistence-fakeredis-"))
     log = directory / "fakeredis.log"
-    argv = [sys.executable, "-m", "tasks.embedded", "--serve-fakeredis"]
+    argv = [
+        sys.executable,
+        "-m",
+        "agents_persistence.tasks.devtools.redis_server",
+        "--serve-fakeredis",
+    ]
     proc = spawn(argv, log=log, stdout_pipe=True)
     try:
         port = _read_port(proc, timeout)

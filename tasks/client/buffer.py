@@ -19,12 +19,12 @@ import time
 from collections.abc import Callable
 from typing import Literal
 
-from persistence.checkpoint import PreparedSave
-from persistence.errors import FlushTimeout, HandOffError
+from agents_persistence.checkpoint import PreparedSave
+from agents_persistence.errors import FlushTimeout, HandOffError
 
 __all__ = ["BufferedPublisher"]
 
-logger = logging.getLogger("tasks.publisher")
+logger = logging.getLogger(__name__)
 
 
 class BufferedPublisher:

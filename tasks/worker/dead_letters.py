@@ -19,8 +19,7 @@ from typing import Any
 
 import orjson
 import redis
-
-from persistence.retry import RetryPolicy
+from agents_persistence.retry import RetryPolicy
 
 __all__ = ["DeadLetters", "MemoryDeadLetters", "RedisDeadLetters", "encode_entry", "make_entry"]
 

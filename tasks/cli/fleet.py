@@ -2,7 +2,8 @@
 
 Each agent is a thread of the demo process. At every step it adds a todo, a file and a few
 scratchpad entries to its state and hands the whole snapshot to a
-:class:`~tasks.client.CeleryCheckpointer`, timing only that call. The audit then reads each
+:class:`~agents_persistence.tasks.client.checkpointer.CeleryCheckpointer`, timing only that call.
+The audit then reads each
 thread back and sorts every snapshot handed off into one of three bins:
 
 persisted
@@ -22,8 +23,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from persistence.models import AgentStateSnapshot, TodoItem, TodoStatus
-from tasks.client import CeleryCheckpointer
+from agents_persistence.models import AgentStateSnapshot, TodoItem, TodoStatus
+from agents_persistence.tasks.client.checkpointer import CeleryCheckpointer
 
 __all__ = [
     "AgentRun",

@@ -14,14 +14,13 @@ from typing import Literal
 
 import click
 import redis
+from agents_persistence.config.settings import redact_url
+from agents_persistence.tasks.cli.context import CliGroup, Context, fail, pass_context
+from agents_persistence.tasks.cli.demo import DemoOptions, run_demo
+from agents_persistence.tasks.devtools.redis_server import EmbeddedKind
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-
-from config.settings import redact_url
-from tasks.cli_context import CliGroup, Context, fail, pass_context
-from tasks.demo import DemoOptions, run_demo
-from tasks.embedded import EmbeddedKind
 
 __all__ = ["main"]
 

@@ -20,11 +20,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from agents_persistence.config.settings import Settings
 from pydantic import SecretStr
 
-from config.settings import Settings
-
 __all__ = [
+    "WORKER_APP",
     "WorkerError",
     "WorkerProcess",
     "child_env",
@@ -32,6 +32,9 @@ __all__ = [
     "log_tail",
     "spawn",
 ]
+
+#: What ``celery -A`` loads: the package whose ``app`` attribute is the configured app.
+WORKER_APP = "agents_persistence.tasks"
 
 _PR_SET_PDEATHSIG = 1
 
@@ -128,7 +131,8 @@ def log_tail(log: Path, lines: int = 15) -> str:
 
 
 class WorkerProcess:
-    """A real ``celery -A tasks worker`` child, configured through its environment.
+    """A real ``celery -A agents_persistence.tasks worker`` child, configured through its
+    environment.
 
     Args:
         env: the child's environment (``AGENTS_PERSISTENCE_*`` decide store, queue, ...).
@@ -149,7 +153,7 @@ class WorkerProcess:
     def argv(self) -> list[str]:
         """The command line (``python -m celery`` of this interpreter)."""
         return [
-            sys.executable, "-m", "celery", "-A", "tasks", "worker",
+            sys.executable, "-m", "celery", "-A", WORKER_APP, "worker",
             "--loglevel", "WARNING", "--pool", "prefork", "-c", str(self.concurrency),
             "--without-heartbeat", "--without-gossip", "--without-mingle",
             "-Q", self.queue, "-n", self.node,

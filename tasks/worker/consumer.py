@@ -12,18 +12,17 @@ import base64
 import logging
 from typing import TYPE_CHECKING, Any
 
+from agents_persistence.tasks.worker.dead_letters import make_entry
 from celery.worker.consumer import Consumer
 from kombu.exceptions import ContentDisallowed, DecodeError
 from vine import promise
 
-from tasks.deadletter import make_entry
-
 if TYPE_CHECKING:
-    from tasks.celery_app import PersistenceApp
+    from agents_persistence.tasks.worker.app import PersistenceApp
 
 __all__ = ["DeadLetterConsumer"]
 
-logger = logging.getLogger("tasks.consumer")
+logger = logging.getLogger(__name__)
 
 _MAX_BODY = 64 * 1024
 

@@ -25,23 +25,32 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from agents_persistence.checkpoint import PreparedSave, WriteResult
+from agents_persistence.errors import CorruptState, InvalidInput, StoreUnavailable
+from agents_persistence.tasks.protocol.messages import (
+    parse_batch,
+    parse_delete,
+    parse_entry,
+    parse_save,
+)
+from agents_persistence.tasks.protocol.names import (
+    CLEANUP_TASK,
+    DELETE_TASK,
+    SAVE_BATCH_TASK,
+    SAVE_TASK,
+)
+from agents_persistence.tasks.worker.dead_letters import make_entry
 from celery import Task
 from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
 from celery.worker.request import Request
 from celery.worker.state import task_ready
 
-from persistence.checkpoint import PreparedSave, WriteResult
-from persistence.errors import CorruptState, InvalidInput, StoreUnavailable
-from tasks.deadletter import make_entry
-from tasks.messages import parse_batch, parse_delete, parse_entry, parse_save
-from tasks.names import CLEANUP_TASK, DELETE_TASK, SAVE_BATCH_TASK, SAVE_TASK
-
 if TYPE_CHECKING:
-    from tasks.celery_app import PersistenceApp
+    from agents_persistence.tasks.worker.app import PersistenceApp
 
 __all__ = ["GiveBackRequest", "PersistenceTask", "register_tasks"]
 
-logger = logging.getLogger("tasks.jobs")
+logger = logging.getLogger(__name__)
 
 #: Seconds to hold a message before giving it back when even the dead-letter list is down.
 _REQUEUE_PAUSE = 1.0
@@ -84,7 +93,7 @@ class PersistenceTask(Task):  # type: ignore[type-arg]
     acks_on_timeout = False  # a hard time limit gives the message back
     Request = f"{__name__}:GiveBackRequest"
     ignore_result = True
-    typing = False  # arguments are checked by tasks.messages, so bad ones are dead-lettered
+    typing = False  # arguments are checked by protocol.messages, so bad ones are dead-lettered
 
     @property
     def papp(self) -> PersistenceApp:

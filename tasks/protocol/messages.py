@@ -16,12 +16,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from agents_persistence.checkpoint import PreparedSave
+from agents_persistence.codec import Codec
+from agents_persistence.errors import InvalidInput
+from agents_persistence.validation import check_thread_id, check_version, describe_error
 from pydantic import BaseModel, ConfigDict, ValidationError
-
-from persistence.checkpoint import PreparedSave
-from persistence.codec import Codec
-from persistence.errors import InvalidInput
-from persistence.validation import check_thread_id, check_version, describe_error
 
 __all__ = [
     "BadMessage",

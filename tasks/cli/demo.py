@@ -2,12 +2,15 @@
 
 1. The store: ``AGENTS_PERSISTENCE_REDIS_URL`` if set (in a fresh ``<namespace>.demo-<id>``
    namespace unless ``--namespace`` is given), else a private embedded Redis
-   (:mod:`tasks.embedded`). The first line of output says which.
-2. A real ``celery -A tasks worker`` child with the same settings (passed through its
+   (:mod:`agents_persistence.tasks.devtools.redis_server`). The first line of output says which.
+2. A real ``celery -A agents_persistence.tasks worker`` child with the same settings (passed
+through its
    environment) and a queue of its own; a probe save proves it is consuming.
 3. N agent threads x M steps hand a growing snapshot each to a
-   :class:`~tasks.client.CeleryCheckpointer`; then ``flush()``, then every thread is read
-   back and audited (:mod:`tasks.fleet`): ``lost`` must be 0, or the exit code is 1.
+   :class:`~agents_persistence.tasks.client.checkpointer.CeleryCheckpointer`; then ``flush()``,
+   then every thread is read
+   back and audited (:mod:`agents_persistence.tasks.cli.fleet`): ``lost`` must be 0, or the exit
+   code is 1.
 4. Listing, cleanup, the summary table; the worker and the embedded Redis are ended by PID,
    and the demo's keys removed (unless ``--keep``), on success, error or Ctrl-C alike.
 """
@@ -27,6 +30,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import redis
+from agents_persistence.config.settings import Settings, redact_url
+from agents_persistence.errors import FlushTimeout
+from agents_persistence.models import AgentStateSnapshot
+from agents_persistence.redis_store import RedisCheckpointer
+from agents_persistence.tasks.cli.fleet import AgentRun, Audit, audit, metric_rows, run_fleet
+from agents_persistence.tasks.client.checkpointer import CeleryCheckpointer
+from agents_persistence.tasks.devtools.processes import WORKER_APP, WorkerProcess, child_env
+from agents_persistence.tasks.devtools.redis_server import EmbeddedKind, start_embedded_redis
+from agents_persistence.tasks.worker.app import create_app
 from kombu import Connection
 from kombu.exceptions import KombuError
 from pydantic import SecretStr
@@ -35,19 +47,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from config.settings import Settings, redact_url
-from persistence.errors import FlushTimeout
-from persistence.models import AgentStateSnapshot
-from persistence.redis_store import RedisCheckpointer
-from tasks.celery_app import create_app
-from tasks.client import CeleryCheckpointer
-from tasks.embedded import EmbeddedKind, start_embedded_redis
-from tasks.fleet import AgentRun, Audit, audit, metric_rows, run_fleet
-from tasks.processes import WorkerProcess, child_env
-
 __all__ = ["DemoOptions", "run_demo"]
 
-logger = logging.getLogger("tasks.demo")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,10 @@ class _Demo:
         about = [
             ("store", label),
             ("namespace", demo.namespace),
-            ("worker", f"celery -A tasks worker -c {self.options.concurrency}; {worker_info}"),
+            (
+                "worker",
+                f"celery -A {WORKER_APP} worker -c {self.options.concurrency}; {worker_info}",
+            ),
         ]
         table = _summary(
             runs,
@@ -203,7 +208,7 @@ class _Demo:
         store.delete_thread(self.probe_id)
         info = f"pid {self.worker.pid}, queue {demo.queue}"
         self.say(
-            f"Worker: celery -A tasks worker -c {self.options.concurrency} ({info}) "
+            f"Worker: celery -A {WORKER_APP} worker -c {self.options.concurrency} ({info}) "
             f"consuming after {time.perf_counter() - started:.1f} s"
         )
         return client, f"pid {self.worker.pid}"

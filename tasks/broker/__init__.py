@@ -1,0 +1,1 @@
+"""Broker transports: kombu's Redis transport without its crash window."""

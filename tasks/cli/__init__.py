@@ -1,0 +1,1 @@
+"""The ``agents-persistence`` command line and its demo (a simulated agent fleet)."""
