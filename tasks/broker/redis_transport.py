@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from importlib import resources
+from importlib import metadata, resources
 from queue import Empty
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +39,16 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.json import dumps, loads
 
-__all__ = ["INFLIGHT_PREFIX", "INFLIGHT_REGISTRY", "Channel", "QoS", "Transport"]
+__all__ = [
+    "INFLIGHT_PREFIX",
+    "INFLIGHT_REGISTRY",
+    "KOMBU_INTERNALS",
+    "Channel",
+    "QoS",
+    "Transport",
+    "check_kombu_internals",
+    "missing_kombu_internals",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +58,48 @@ INFLIGHT_REGISTRY = "_agents_persistence/inflight"
 #: Prefix of the in-flight lists (one per consuming channel and queue).
 INFLIGHT_PREFIX = "_agents_persistence/inflight/"
 _MIN_LEASE = 10.0
+#: The kombu internals this module overrides or calls, written against kombu 5.7 (the pin in
+#: pyproject.toml). A kombu that renamed one would silently fall back to its own pop (and
+#: its loss window), so importing this module fails instead.
+KOMBU_INTERNALS: dict[type, tuple[str, ...]] = {
+    kombu_redis.Channel: (
+        "_brpop_start", "_brpop_read", "_q_for_pri", "_flush_brpop_reauth", "_in_poll",
+        "_brpop_sent_at", "conn_or_acquire", "global_keyprefix", "close", "QoS",
+    ),
+    kombu_redis.QoS: (
+        "append", "ack", "reject", "restore_visible", "pipe_or_acquire", "unacked_key",
+        "unacked_index_key",
+    ),
+    virtual.QoS: ("append", "ack"),
+    virtual.Transport: ("_deliver",),
+}  # fmt: skip
+
+
+def missing_kombu_internals(
+    required: dict[type, tuple[str, ...]] = KOMBU_INTERNALS,
+) -> list[str]:
+    """``Class.attribute`` names of ``required`` that the installed kombu lacks."""
+    return [
+        f"{cls.__module__}.{cls.__qualname__}.{name}"
+        for cls, names in required.items()
+        for name in names
+        if not hasattr(cls, name)
+    ]
+
+
+def check_kombu_internals(required: dict[type, tuple[str, ...]] = KOMBU_INTERNALS) -> None:
+    """Raise ImportError if the installed kombu lacks an internal this transport relies on."""
+    missing = missing_kombu_internals(required)
+    if missing:
+        raise ImportError(
+            f"agents_persistence's Redis transport was written against kombu 5.7, but the "
+            f"installed kombu {metadata.version('kombu')} lacks: {', '.join(missing)}. "
+            "Install the kombu version pyproject.toml pins."
+        )
+
+
+check_kombu_internals()
+
 _RECOVER = (
     resources.files("agents_persistence.tasks.broker").joinpath("lua", "recover_inflight.lua")
 ).read_text("utf-8")
