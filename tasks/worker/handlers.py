@@ -245,8 +245,10 @@ def save_states(self: PersistenceTask, *args: Any, **kwargs: Any) -> dict[str, A
             counts["dead_lettered"] += 1
     try:
         results = app.store.save_many([save for _, save in valid])
-    except StoreUnavailable as exc:
-        # Retry only the valid entries: the bad ones are already dead-lettered.
+    except (StoreUnavailable, SoftTimeLimitExceeded) as exc:
+        # Retry only the valid entries: the bad ones are already dead-lettered (left to
+        # guarded, the soft time limit would retry the whole message and dead-letter
+        # them twice).
         retry_kwargs: dict[str, Any] = {
             "namespace": namespace,
             "entries": [entry for entry, _ in valid],
