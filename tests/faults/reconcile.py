@@ -4,10 +4,14 @@ Producers record every hand-off in a :class:`Ledger`: the thread, the version, a
 ``save_state`` returned (handed off) or raised (failed to the caller, with the error type).
 Deletes are recorded with the tombstone version they left. After the fault and the recovery,
 :func:`reconcile` reads what the store holds (one ``stored_versions`` round trip per chunk,
-then ``load_checkpoint`` for the threads still live) and puts every save in exactly one class:
+then ``load_checkpoint`` for the threads still live) and the dead-letter list, and puts every
+save in exactly one class, the first that applies:
 
 ``durable``
     the store holds the thread at this very version, with this save's content;
+``dead_lettered``
+    the namespace's dead-letter list holds this very save (thread and version, alone or
+    in a batch entry): not lost, but an operator must look at it, so it is reported;
 ``superseded``
     the store holds a newer version (a later save, or a delete's tombstone);
 ``failed``
@@ -22,21 +26,31 @@ the thread must not load and must not be listed (``resurrected`` counts those; m
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agents_persistence import AgentStateSnapshot, BaseCheckpointer, PersistenceError
+from agents_persistence import (
+    AgentStateSnapshot,
+    BaseCheckpointer,
+    PersistenceError,
+    RedisCheckpointer,
+)
+from agents_persistence.tasks.protocol.names import SAVE_BATCH_TASK, SAVE_TASK
+from agents_persistence.tasks.worker.dead_letters import RedisDeadLetters
 
 __all__ = [
     "RESULTS_DIR",
     "Ledger",
     "Reconciliation",
+    "dead_lettered_saves",
+    "read_dead_letters",
     "reconcile",
     "snapshot_for",
     "version_of",
@@ -129,6 +143,7 @@ class Reconciliation:
     handed_off: int = 0
     durable: int = 0
     superseded: int = 0
+    dead_lettered: int = 0
     failed: int = 0
     lost: int = 0
     resurrected: int = 0
@@ -150,7 +165,8 @@ class Reconciliation:
         extra = "".join(f" {k}={v}" for k, v in sorted(self.extra.items()))
         return (
             f"[{self.fault}] handed_off={self.handed_off} durable={self.durable} "
-            f"superseded={self.superseded} failed_to_caller={self.failed} lost={self.lost} "
+            f"superseded={self.superseded} dead_lettered={self.dead_lettered} "
+            f"failed_to_caller={self.failed} lost={self.lost} "
             f"resurrected={self.resurrected} untyped={self.untyped_errors} "
             f"deletes={self.deletes} stayed_deleted={self.stayed_deleted} "
             f"threads={self.threads} seconds={self.seconds:.1f}{extra}"
@@ -168,9 +184,54 @@ def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
         yield items[i : i + size]
 
 
-def reconcile(fault: str, ledger: Ledger, store: BaseCheckpointer) -> Reconciliation:
-    """Classify every save of ``ledger`` against what ``store`` holds now."""
+def read_dead_letters(store: BaseCheckpointer) -> list[dict[str, Any]]:
+    """Every entry of ``store``'s dead-letter list (none for a store without one)."""
+    if not isinstance(store, RedisCheckpointer):
+        return []
+    key = store.keys.dead_letters
+    count = int(store.retry.call("dead-letter", store.client.llen, key))
+    if not count:
+        return []
+    return RedisDeadLetters(store.client, key, max_length=count, retry=store.retry).list(count)
+
+
+def dead_lettered_saves(entries: Iterable[Mapping[str, Any]]) -> set[tuple[str, int]]:
+    """(thread, version) of every save in dead-letter ``entries``: single saves, each entry
+    of a batch, and arguments kept base64-encoded (``body_base64`` with ``body_escaped``)."""
+    found: set[tuple[str, int]] = set()
+    for entry in entries:
+        if entry.get("task") not in (SAVE_TASK, SAVE_BATCH_TASK):
+            continue  # a delete, or an undecodable body that names no save
+        kwargs = entry.get("kwargs")
+        if kwargs is None and entry.get("body_escaped"):
+            raw = json.loads(base64.b64decode(entry["body_base64"]))
+            kwargs = raw.get("kwargs") if isinstance(raw, dict) else None
+        if not isinstance(kwargs, Mapping):
+            continue
+        batch = kwargs.get("entries")
+        for item in batch if isinstance(batch, list) else [kwargs]:
+            if not isinstance(item, Mapping):
+                continue
+            tid, version = item.get("thread_id"), item.get("version")
+            if isinstance(tid, str) and isinstance(version, int):
+                found.add((tid, version))
+    return found
+
+
+def reconcile(
+    fault: str,
+    ledger: Ledger,
+    store: BaseCheckpointer,
+    dead_letters: Iterable[Mapping[str, Any]] | None = None,
+) -> Reconciliation:
+    """Classify every save of ``ledger`` against what ``store`` holds now.
+
+    ``dead_letters``: the dead-letter entries to look saves up in; default: the store's own
+    list (:func:`read_dead_letters`).
+    """
     result = Reconciliation(fault, seconds=time.monotonic() - ledger.started)
+    entries = read_dead_letters(store) if dead_letters is None else dead_letters
+    dead = dead_lettered_saves(entries)
     thread_ids = ledger.thread_ids
     held: dict[str, int] = {}
     for chunk in _chunks(thread_ids, 1000):
@@ -192,10 +253,12 @@ def reconcile(fault: str, ledger: Ledger, store: BaseCheckpointer) -> Reconcilia
             result.failed += 1
             continue
         result.handed_off += 1
-        if have > s.version:
-            result.superseded += 1
-        elif have == s.version and content.get(s.thread_id) == (s.thread_id, s.version):
+        if have == s.version and content.get(s.thread_id) == (s.thread_id, s.version):
             result.durable += 1
+        elif (s.thread_id, s.version) in dead:
+            result.dead_lettered += 1
+        elif have > s.version:
+            result.superseded += 1
         else:
             result.lost += 1
             if len(result.lost_examples) < 10:
@@ -236,13 +299,14 @@ def write_result(result: Reconciliation, directory: Path = RESULTS_DIR) -> Path:
         key=lambda r: str(r["fault"]),
     )
     lines = [
-        "| fault | handed off | durable | superseded | failed to caller | lost | resurrected "
-        "| seconds | at |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| fault | handed off | durable | superseded | dead-lettered | failed to caller | lost "
+        "| resurrected | seconds | at |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [
         f"| {r['fault']} | {r['handed_off']} | {r['durable']} | {r['superseded']} "
-        f"| {r['failed']} | {r['lost']} | {r['resurrected']} | {r['seconds']:.1f} | {r['at']} |"
+        f"| {r.get('dead_lettered', 0)} | {r['failed']} | {r['lost']} | {r['resurrected']} "
+        f"| {r['seconds']:.1f} | {r['at']} |"
         for r in rows
     ]
     (directory / "summary.md").write_text("\n".join(lines) + "\n", "utf-8")

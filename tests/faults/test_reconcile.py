@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import json
+from typing import Any
+
 import pytest
 from agents_persistence import HandOffError, InMemoryCheckpointer
+from agents_persistence.tasks.protocol.names import DELETE_TASK, SAVE_BATCH_TASK, SAVE_TASK
 
 from tests.faults.reconcile import Ledger, reconcile, snapshot_for
 
@@ -48,3 +53,29 @@ def test_a_thread_saved_over_its_tombstone_is_resurrected() -> None:
     ledger.deleted("g", tomb)
     store.save_state("g", snapshot_for("g", 9), version=9)  # nobody handed this off
     assert reconcile("unit", ledger, store).resurrected == 1
+
+
+def test_a_dead_lettered_save_is_reported_not_lost() -> None:
+    """Single saves, batch entries and escaped arguments are all found; a delete's entry
+    and a save of another version are not."""
+    store = InMemoryCheckpointer()
+    ledger = Ledger()
+    for tid, version in (("a", 1), ("b", 2), ("c", 3), ("d", 4), ("e", 5)):
+        ledger.handed_off(tid, version)
+    store.save_state("e", snapshot_for("e", 5), version=5)
+    escaped = base64.b64encode(
+        json.dumps({"args": [], "kwargs": {"thread_id": "c", "version": 3}}).encode()
+    ).decode()
+    entries: list[dict[str, Any]] = [
+        {"task": SAVE_TASK, "kwargs": {"namespace": "n", "thread_id": "a", "version": 1}},
+        {"task": SAVE_BATCH_TASK, "kwargs": {"entries": [{"thread_id": "b", "version": 2}]}},
+        {"task": SAVE_TASK, "body_escaped": True, "body_base64": escaped},
+        {"task": DELETE_TASK, "kwargs": {"thread_id": "d", "version": 4}},
+        {"task": SAVE_TASK, "kwargs": {"thread_id": "e", "version": 5}},  # and stored: durable
+    ]
+
+    result = reconcile("unit", ledger, store, entries)
+
+    assert (result.dead_lettered, result.lost, result.durable) == (3, 1, 1)
+    assert "dead_lettered=3" in result.line()
+    assert reconcile("unit", ledger, store).dead_lettered == 0  # no list of its own
