@@ -29,12 +29,11 @@ from agents_persistence import AgentStateSnapshot, RedisCheckpointer
 from agents_persistence.config.settings import Settings
 from agents_persistence.tasks import CeleryCheckpointer, create_app
 from agents_persistence.tasks.client.sender import TaskSender
-from agents_persistence.tasks.devtools.redis_server import start_embedded_redis
 from agents_persistence.tasks.protocol.messages import save_message
 
 from bench.common import Context, Section, snapshot
 from bench.noop_app import NOOP_TASK
-from bench.servers import Worker
+from bench.servers import private_redis, worker
 
 __all__ = ["run"]
 
@@ -107,8 +106,8 @@ def _ours(ctx: Context, url: str, state: AgentStateSnapshot, n: int, tag: str) -
     producer._publisher.flush(300)
     ctx.advance(n)
     queued = int(client.llen(settings.queue))
-    with Worker("tasks", _env(settings), 2, settings.queue, loglevel="WARNING") as worker:
-        pgid = worker.proc.pid
+    with worker(_env(settings), 2, settings.queue) as proc:
+        pgid = proc.pid
         t0 = _wait(lambda: int(client.llen(settings.queue)) < queued, 120, 0.001)
         cpu0, rcpu0 = _group_cpu(pgid), _redis_cpu(client)
         t1 = _wait(lambda: int(client.zcard(store.keys.index)) >= n, 600)
@@ -140,14 +139,14 @@ def _floor(ctx: Context, url: str, state: AgentStateSnapshot, n: int, tag: str) 
     message = save_message(settings.namespace, store.prepare("floor", state))
     for _ in range(n):
         sender.send(NOOP_TASK, message, "{...}")
-    with Worker("bench.noop_app", _env(settings), 2, settings.queue, loglevel="WARNING") as w:
+    with worker(_env(settings), 2, settings.queue, app="bench.noop_app") as w:
         t0 = _wait(lambda: int(client.llen(settings.queue)) < n, 120, 0.001)
-        cpu0, rcpu0 = _group_cpu(w.proc.pid), _redis_cpu(client)
+        cpu0, rcpu0 = _group_cpu(w.pid), _redis_cpu(client)
         t1 = _wait(
             lambda: int(client.llen(settings.queue)) == 0 and int(client.hlen("unacked")) == 0,
             600,
         )
-        run = Run(n, t1 - t0, _group_cpu(w.proc.pid) - cpu0, _redis_cpu(client) - rcpu0)
+        run = Run(n, t1 - t0, _group_cpu(w.pid) - cpu0, _redis_cpu(client) - rcpu0)
     ctx.advance(n)
     store.close()
     return run
@@ -190,7 +189,7 @@ def run(ctx: Context) -> Section:
     floors: list[Run] = []
     drains: list[Run] = []
     e2es: list[Run] = []
-    with start_embedded_redis("redis-server") as server:
+    with private_redis() as server:
         for r in range(rounds):
             floors.append(_floor(ctx, server.url, state, floor_n, f"{os.getpid()}-{r}"))
             drain, e2e = _ours(ctx, server.url, state, n, f"{os.getpid()}-{r}")

@@ -21,9 +21,9 @@ import tracemalloc
 from collections.abc import Callable
 
 from agents_persistence import RedisCheckpointer
-from agents_persistence.tasks.devtools.redis_server import start_embedded_redis
 
 from bench.common import Context, Section, fmt_us
+from bench.servers import private_redis
 
 __all__ = ["run"]
 
@@ -118,7 +118,7 @@ def run(ctx: Context) -> Section:
         ["operation", "10k threads", "1M threads", "1M / 10k"],
     )
     results: dict[int, dict[str, float]] = {}
-    with start_embedded_redis("redis-server") as server:
+    with private_redis() as server:
         for live in (10_000, 1_000_000):
             ctx.start(f"P4 {live:,} threads", 4)
             store = RedisCheckpointer.from_url(server.url, namespace=f"bench-p4-{os.getpid()}")

@@ -21,7 +21,7 @@ from typing import Any
 
 import celery
 import redis
-from agents_persistence.tasks.devtools.redis_server import start_embedded_redis
+from agents_persistence.tasks.devtools.redis_server import RedisServer
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown sections: {', '.join(unknown)}", file=sys.stderr)
         return 2
     console = Console() if sys.stdout.isatty() else Console(width=150)
-    server = start_embedded_redis("redis-server") if args.redis_url is None else None
+    server = RedisServer().start() if args.redis_url is None else None
     redis_url = args.redis_url or (server.url if server else "")
     sections: list[Section] = []
     failed = False

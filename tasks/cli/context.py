@@ -16,8 +16,8 @@ import redis
 from agents_persistence.config.settings import Settings
 from agents_persistence.errors import PersistenceError
 from agents_persistence.redis_store import RedisCheckpointer
-from agents_persistence.tasks.devtools.processes import WorkerError
-from agents_persistence.tasks.devtools.redis_server import EmbeddedRedisError
+from agents_persistence.tasks.devtools.celery_process import CeleryProcessError
+from agents_persistence.tasks.devtools.embedded import EmbeddedRedisError
 from agents_persistence.tasks.worker.app import PersistenceApp, create_app
 from agents_persistence.tasks.worker.dead_letters import DeadLetters
 from kombu.exceptions import KombuError
@@ -32,7 +32,7 @@ _EXPECTED_ERRORS = (
     redis.exceptions.RedisError,
     KombuError,
     EmbeddedRedisError,
-    WorkerError,
+    CeleryProcessError,
     OSError,
 )
 

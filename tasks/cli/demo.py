@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
-import socket
 import tempfile
 import time
 import uuid
@@ -36,8 +35,9 @@ from agents_persistence.models import AgentStateSnapshot
 from agents_persistence.redis_store import RedisCheckpointer
 from agents_persistence.tasks.cli.fleet import AgentRun, Audit, audit, metric_rows, run_fleet
 from agents_persistence.tasks.client.checkpointer import CeleryCheckpointer
-from agents_persistence.tasks.devtools.processes import WORKER_APP, WorkerProcess, child_env
-from agents_persistence.tasks.devtools.redis_server import EmbeddedKind, start_embedded_redis
+from agents_persistence.tasks.devtools.celery_process import WORKER_APP, CeleryWorker
+from agents_persistence.tasks.devtools.embedded import EmbeddedKind, start_embedded_redis
+from agents_persistence.tasks.devtools.processes import child_env
 from agents_persistence.tasks.worker.app import create_app
 from kombu import Connection
 from kombu.exceptions import KombuError
@@ -190,12 +190,13 @@ class _Demo:
         self, store: RedisCheckpointer, demo: Settings
     ) -> tuple[CeleryCheckpointer, str]:
         """Start the worker child, and a client whose probe save proves it consumes."""
-        self.worker = WorkerProcess(
+        self.worker = CeleryWorker(
             child_env(demo),
-            queue=demo.queue,
-            node=f"demo-{self.run_id}@{socket.gethostname()}",
-            log=self.workdir / "worker.log",
+            directory=self.workdir,
+            queues=[demo.queue],
+            name=f"demo-{self.run_id}",
             concurrency=self.options.concurrency,
+            loglevel="warning",  # no line per task; the probe save below says it is ready
         )
         started = time.perf_counter()
         self.worker.start()
@@ -204,7 +205,7 @@ class _Demo:
         client = CeleryCheckpointer(store, app, settings=demo, mode=self.options.mode)
         self.stack.callback(client.close, 5.0)
         probe = client.save_state(self.probe_id, AgentStateSnapshot(scratchpad={"probe": 1}))
-        self.worker.wait_ready(lambda: _durable(probe.wait, 0.2), timeout=60.0)
+        self.worker.wait_until(lambda: _durable(probe.wait, 0.2), 60.0, "a durable probe save")
         store.delete_thread(self.probe_id)
         info = f"pid {self.worker.pid}, queue {demo.queue}"
         self.say(

