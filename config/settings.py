@@ -5,23 +5,52 @@ Every variable carries the prefix ``AGENTS_PERSISTENCE_`` (``AGENTS_PERSISTENCE_
 and keyword arguments win over both: ``Settings(redis_url=..., namespace=...)``.
 
 URLs are held as :class:`pydantic.SecretStr`, so a password inside them never reaches a
-``repr``, a log line or a validation error; :func:`redact_url` gives the printable form.
+``repr``, a log line or a validation error (its ``str()``, ``errors()`` and ``json()`` alike:
+inputs are redacted before the error leaves ``Settings``); :func:`redact_url` gives the
+printable form.
+
+Changing one setting never makes the others' defaults invalid. Where a check relates two
+fields, the one left unset follows the one that was set (a larger soft time limit raises the
+hard one, a longer retry span lengthens the tombstone lifetime, ...); a value is refused only
+when it cannot work with values that were set too, or falls outside its own documented
+range. A compression threshold above the size cap simply never compresses.
 """
 
 from __future__ import annotations
 
-import re
-from typing import Literal
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from agents_persistence.backoff import Backoff
+from agents_persistence.validation import check_namespace
+from pydantic import (
+    Field,
+    ModelWrapValidatorHandler,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["NAMESPACE_PATTERN", "Settings", "redact_url"]
+if TYPE_CHECKING:
+    from agents_persistence.codec import Codec
+    from agents_persistence.retry import RetryPolicy
 
-#: Namespaces become the first segment of every key; a ``:`` inside one would let two
-#: namespaces overlap (``a`` + ``b:x`` vs ``a:b`` + ``x``), so it is refused.
-NAMESPACE_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+__all__ = ["Settings", "redact_url"]
+
+#: Fields that hold URLs, and so maybe passwords.
+_URL_FIELDS = frozenset({"redis_url", "broker_url"})
+#: Defaults of the fields that follow others when left unset (see ``_derive_and_check``).
+_TOMBSTONE_TTL = 86_400.0
+_SOFT_LIMIT = 60.0
+_HARD_LIMIT = 90.0
+#: The soft limit leaves this much beyond one store call (with its retries) when derived,
+#: and the hard limit this much beyond the soft one: time to publish a retry.
+_SOFT_MARGIN = 10.0
+_HARD_MARGIN = 30.0
 
 _REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 _BROKER_SCHEMES = frozenset({"redis", "rediss", "amqp", "amqps", "pyamqp", "memory"})
@@ -58,6 +87,25 @@ def _check_url(value: SecretStr, schemes: frozenset[str], what: str) -> SecretSt
     if parts.scheme not in {"unix", "memory"} and not parts.hostname:
         raise ValueError(f"{what} has no host")
     return value
+
+
+def _safe_input(loc: tuple[int | str, ...], value: object) -> object:
+    """An error's input with every URL redacted (a model-level input: known fields only)."""
+    if loc and loc[0] in _URL_FIELDS:
+        return _redact_any(value)
+    if isinstance(value, Mapping):
+        return {
+            key: _redact_any(item) if key in _URL_FIELDS else item
+            for key, item in value.items()
+            if key in Settings.model_fields
+        }
+    return value
+
+
+def _redact_any(value: object) -> str:
+    if value is None or isinstance(value, (str, SecretStr)):
+        return redact_url(value)
+    return "<redacted>"
 
 
 class Settings(BaseSettings):
@@ -100,10 +148,11 @@ class Settings(BaseSettings):
         default=None, gt=0, description="Lifetime of a thread's state; refreshed by each save."
     )
     tombstone_ttl_seconds: float = Field(
-        default=86_400.0,
+        default=_TOMBSTONE_TTL,
         gt=0,
-        description="How long a delete's tombstone keeps older saves out. Must cover the "
-        "visibility timeout plus the whole task retry span.",
+        description="How long a delete's tombstone keeps older saves out. At least the "
+        "visibility timeout plus the whole task retry span (363 s with the defaults); unset: "
+        "a day, or that sum if longer.",
     )
 
     # -- payloads -------------------------------------------------------------------------
@@ -113,7 +162,10 @@ class Settings(BaseSettings):
         description="Largest snapshot accepted, in bytes of JSON (SnapshotTooLarge above).",
     )
     compress_threshold_bytes: int | None = Field(
-        default=16 * 1024, ge=0, description="Compress stored JSON at or above this; None: never."
+        default=16 * 1024,
+        ge=0,
+        description="Compress stored JSON at or above this; None (or above "
+        "max_snapshot_bytes): never.",
     )
 
     # -- the store's connection and retry policy (tenacity) --------------------------------
@@ -130,10 +182,16 @@ class Settings(BaseSettings):
         default=5, ge=1, le=100, description="Retries of one store call after its first failure."
     )
     retry_initial_backoff_seconds: float = Field(
-        default=0.05, gt=0, description="First wait between store retries (before jitter)."
+        default=0.05,
+        gt=0,
+        description="First wait between store retries (before jitter); unset: lowered to "
+        "retry_max_backoff_seconds if that is set lower.",
     )
     retry_max_backoff_seconds: float = Field(
-        default=2.0, gt=0, description="Longest single wait between store retries."
+        default=2.0,
+        gt=0,
+        description="Longest single wait between store retries; unset: raised to "
+        "retry_initial_backoff_seconds if that is set higher.",
     )
     retry_deadline_seconds: float = Field(
         default=15.0, gt=0, description="Give up (StoreUnavailable) after this long in total."
@@ -146,22 +204,34 @@ class Settings(BaseSettings):
         ge=0,
         le=1000,
         description="Celery retries of a task whose store stayed unavailable; then it is "
-        "dead-lettered.",
+        "dead-lettered (or, while even that is impossible, given back to the queue).",
     )
     task_retry_backoff_max_seconds: float = Field(
-        default=60.0, gt=0, description="Longest countdown between two Celery retries."
+        default=60.0,
+        gt=0,
+        description="Longest countdown between two Celery retries (retry n waits 2**n s, "
+        "jittered down to half, at most this).",
     )
     task_soft_time_limit_seconds: float = Field(
-        default=60.0, gt=0, description="Soft time limit of one task."
+        default=_SOFT_LIMIT,
+        gt=0,
+        description="Soft time limit of one task (then it is retried). Must exceed one store "
+        "call with all its retries (retry_deadline_seconds + socket_timeout_seconds); unset: "
+        "60 s, or that call plus 10 s if longer, or between the two if task_time_limit_seconds "
+        "is set lower.",
     )
     task_time_limit_seconds: float = Field(
-        default=90.0, gt=0, description="Hard time limit of one task (its process is replaced)."
+        default=_HARD_LIMIT,
+        gt=0,
+        description="Hard time limit of one task (its process is replaced, the message goes "
+        "back to the queue); above the soft limit; unset: 90 s, or the soft limit plus 30 s if "
+        "longer.",
     )
     visibility_timeout_seconds: float | None = Field(
         default=None,
         gt=0,
-        description="Redis/SQS broker redelivery delay for unacked messages; default: derived "
-        "from the time limit and the retry span.",
+        description="Redis broker redelivery delay for unacknowledged messages; unset: the "
+        "hard time limit plus the longest retry countdown plus 30 s (180 s).",
     )
     worker_prefetch_multiplier: int = Field(
         default=1, ge=1, description="Messages each worker process reserves ahead."
@@ -233,34 +303,89 @@ class Settings(BaseSettings):
     @field_validator("namespace")
     @classmethod
     def _namespace_ok(cls, v: str) -> str:
-        if not NAMESPACE_PATTERN.match(v):
-            raise ValueError("namespace must be 1-64 characters of letters, digits, '_', '.', '-'")
-        return v
+        return check_namespace(v)
 
     @model_validator(mode="after")
-    def _bounds_consistent(self) -> Settings:
+    def _derive_and_check(self) -> Settings:
+        """Fill the fields that follow others, then refuse what cannot work.
+
+        A field the user left unset never makes the others invalid: it follows them. Only
+        values that were set (by keyword, environment or ``.env``) can conflict.
+        """
+        given = self.model_fields_set
         if self.retry_max_backoff_seconds < self.retry_initial_backoff_seconds:
-            raise ValueError("retry_max_backoff_seconds is below retry_initial_backoff_seconds")
-        if self.task_soft_time_limit_seconds >= self.task_time_limit_seconds:
-            raise ValueError("task_soft_time_limit_seconds must be below task_time_limit_seconds")
-        if (
-            self.compress_threshold_bytes is not None
-            and self.compress_threshold_bytes > self.max_snapshot_bytes
-        ):
-            raise ValueError("compress_threshold_bytes is above max_snapshot_bytes")
-        if self.task_soft_time_limit_seconds <= self.store_retry_span_seconds:
-            raise ValueError(
-                "task_soft_time_limit_seconds must exceed one store call with all its retries "
-                f"(retry_deadline_seconds + socket_timeout_seconds = "
-                f"{self.store_retry_span_seconds:.0f}s)"
-            )
-        floor = self.effective_visibility_timeout + self.task_retry_span_seconds
-        if self.tombstone_ttl_seconds < floor:
+            if "retry_max_backoff_seconds" not in given:
+                self._derive("retry_max_backoff_seconds", self.retry_initial_backoff_seconds)
+            elif "retry_initial_backoff_seconds" not in given:
+                self._derive("retry_initial_backoff_seconds", self.retry_max_backoff_seconds)
+            else:
+                raise ValueError(
+                    "retry_max_backoff_seconds is below retry_initial_backoff_seconds"
+                )
+        self._time_limits(given)
+        floor = self.redelivery_window_seconds
+        if "tombstone_ttl_seconds" not in given:
+            self._derive("tombstone_ttl_seconds", max(_TOMBSTONE_TTL, floor))
+        elif self.tombstone_ttl_seconds < floor:
             raise ValueError(
                 "tombstone_ttl_seconds must cover the visibility timeout plus the task retry "
                 f"span ({floor:.0f}s): a redelivered older save could otherwise outlive it"
             )
         return self
+
+    def _time_limits(self, given: set[str]) -> None:
+        """Soft and hard time limits: derived when unset, checked against one store call."""
+        call = self.store_retry_span_seconds
+        call_text = (
+            "one store call with all its retries (retry_deadline_seconds + "
+            f"socket_timeout_seconds = {call:g}s)"
+        )
+        hard = self.task_time_limit_seconds
+        if "task_soft_time_limit_seconds" not in given:
+            soft = max(_SOFT_LIMIT, call + _SOFT_MARGIN)
+            if "task_time_limit_seconds" in given and soft >= hard:
+                if hard <= call:
+                    raise ValueError(f"task_time_limit_seconds must exceed {call_text}")
+                soft = (call + hard) / 2
+            self._derive("task_soft_time_limit_seconds", soft)
+        soft = self.task_soft_time_limit_seconds
+        if "task_time_limit_seconds" not in given:
+            self._derive("task_time_limit_seconds", max(_HARD_LIMIT, soft + _HARD_MARGIN))
+        if soft >= self.task_time_limit_seconds:
+            raise ValueError("task_soft_time_limit_seconds must be below task_time_limit_seconds")
+        if soft <= call:
+            raise ValueError(f"task_soft_time_limit_seconds must exceed {call_text}")
+
+    def _derive(self, name: str, value: float) -> None:
+        # Settings are frozen; this runs once, inside validation, for a field left unset.
+        self.__dict__[name] = value
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _errors_without_secrets(
+        cls, data: Any, handler: ModelWrapValidatorHandler[Settings]
+    ) -> Settings:
+        """Re-raise validation errors with every URL in their inputs redacted.
+
+        Defined after the other validators, so it wraps them all (model-level errors too).
+
+        ``hide_input_in_errors`` keeps inputs out of ``str()`` only; ``errors()`` and
+        ``json()`` would still hold the raw URL (and a model-level error holds every input).
+        """
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            details = [
+                InitErrorDetails(
+                    type=PydanticCustomError(error["type"], error["msg"]),
+                    loc=error["loc"],
+                    input=_safe_input(error["loc"], error["input"]),
+                )
+                for error in exc.errors(include_url=False, include_context=False)
+            ]
+            raise ValidationError.from_exception_data(
+                exc.title, details, hide_input=True
+            ) from None
 
     # -- derived values -----------------------------------------------------------------------
     @property
@@ -269,13 +394,20 @@ class Settings(BaseSettings):
         return self.broker_url if self.broker_url is not None else self.redis_url
 
     @property
+    def task_backoff(self) -> Backoff:
+        """The countdowns between Celery retries of a task (the worker draws from it)."""
+        return Backoff(cap=self.task_retry_backoff_max_seconds)
+
+    @property
     def task_retry_span_seconds(self) -> float:
         """Upper bound of the time a save can spend in Celery retries (countdowns only)."""
-        total, delay = 0.0, 1.0
-        for _ in range(self.task_max_retries):
-            total += min(delay, self.task_retry_backoff_max_seconds)
-            delay *= 2
-        return total
+        return self.task_backoff.span(self.task_max_retries)
+
+    @property
+    def redelivery_window_seconds(self) -> float:
+        """The longest an older save can still be on its way: the visibility timeout plus
+        the whole task retry span. Tombstones must outlive it."""
+        return self.effective_visibility_timeout + self.task_retry_span_seconds
 
     @property
     def store_retry_span_seconds(self) -> float:
@@ -294,6 +426,31 @@ class Settings(BaseSettings):
         if self.visibility_timeout_seconds is not None:
             return self.visibility_timeout_seconds
         return self.task_time_limit_seconds + self.task_retry_backoff_max_seconds + 30.0
+
+    # -- what the settings build --------------------------------------------------------------
+    def build_codec(self) -> Codec:
+        """The store's codec: size cap and compression threshold."""
+        from agents_persistence.codec import Codec
+
+        return Codec(
+            max_snapshot_bytes=self.max_snapshot_bytes,
+            compress_threshold=self.compress_threshold_bytes,
+        )
+
+    def build_retry_policy(self) -> RetryPolicy:
+        """The store's retry policy (tenacity bounds of one store call)."""
+        from agents_persistence.retry import RetryPolicy
+
+        return RetryPolicy(
+            attempts=self.retry_attempts,
+            initial_backoff=self.retry_initial_backoff_seconds,
+            max_backoff=self.retry_max_backoff_seconds,
+            deadline=self.retry_deadline_seconds,
+        )
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Settings are frozen: this always raises; keep a URL out of the error it raises.
+        super().__setattr__(name, _safe_input((name,), value))
 
     def __repr_args__(self):  # type: ignore[no-untyped-def]
         for name, value in super().__repr_args__():

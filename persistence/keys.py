@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agents_persistence.config.settings import NAMESPACE_PATTERN
+from agents_persistence.validation import check_namespace
 
 __all__ = ["Keys"]
 
@@ -34,11 +34,7 @@ class Keys:
     namespace: str
 
     def __post_init__(self) -> None:
-        if not isinstance(self.namespace, str) or not NAMESPACE_PATTERN.match(self.namespace):
-            raise ValueError(
-                "namespace must be 1-64 characters of letters, digits, '_', '.', '-'"
-                f" (got {self.namespace!r})"
-            )
+        check_namespace(self.namespace)
 
     @property
     def thread_prefix(self) -> str:

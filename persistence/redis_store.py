@@ -154,16 +154,8 @@ class RedisCheckpointer(BaseCheckpointer):
             namespace=settings.namespace,
             ttl=settings.ttl_seconds,
             tombstone_ttl=settings.tombstone_ttl_seconds,
-            codec=Codec(
-                max_snapshot_bytes=settings.max_snapshot_bytes,
-                compress_threshold=settings.compress_threshold_bytes,
-            ),
-            retry=RetryPolicy(
-                attempts=settings.retry_attempts,
-                initial_backoff=settings.retry_initial_backoff_seconds,
-                max_backoff=settings.retry_max_backoff_seconds,
-                deadline=settings.retry_deadline_seconds,
-            ),
+            codec=settings.build_codec(),
+            retry=settings.build_retry_policy(),
             socket_timeout=settings.socket_timeout_seconds,
             socket_connect_timeout=settings.socket_connect_timeout_seconds,
         )

@@ -13,6 +13,8 @@ from pydantic import ValidationError
 __all__ = [
     "MAX_THREAD_ID_LENGTH",
     "MAX_VERSION",
+    "NAMESPACE_PATTERN",
+    "check_namespace",
     "check_thread_id",
     "check_version",
     "coerce_snapshot",
@@ -25,7 +27,22 @@ MAX_THREAD_ID_LENGTH = 512
 #: them inside a signed 64-bit integer for every other language reading them.
 MAX_VERSION = 2**63 - 1
 
+#: Namespaces become the first segment of every key; a ``:`` inside one would let two
+#: namespaces overlap (``a`` + ``b:x`` vs ``a:b`` + ``x``), and a glob character would make
+#: one namespace's SCAN pattern match another's keys, so both are refused.
+NAMESPACE_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def check_namespace(namespace: object) -> str:
+    """Return ``namespace`` if usable as the first segment of keys, else raise ValueError.
+
+    The message never repeats the value (it reaches configuration errors).
+    """
+    if not isinstance(namespace, str) or not NAMESPACE_PATTERN.match(namespace):
+        raise ValueError("namespace must be 1-64 characters of letters, digits, '_', '.', '-'")
+    return namespace
 
 
 def check_thread_id(thread_id: object) -> str:

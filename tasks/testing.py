@@ -115,9 +115,7 @@ def persistence_settings(persistence_namespace: str) -> Settings:
 @pytest.fixture
 def persistence_store(persistence_settings: Settings) -> Iterator[RedisCheckpointer]:
     """A :class:`RedisCheckpointer` over a private fakeredis server."""
-    from agents_persistence.codec import Codec
     from agents_persistence.redis_store import RedisCheckpointer
-    from agents_persistence.retry import RetryPolicy
 
     s = persistence_settings
     store = RedisCheckpointer(
@@ -125,15 +123,8 @@ def persistence_store(persistence_settings: Settings) -> Iterator[RedisCheckpoin
         namespace=s.namespace,
         ttl=s.ttl_seconds,
         tombstone_ttl=s.tombstone_ttl_seconds,
-        codec=Codec(
-            max_snapshot_bytes=s.max_snapshot_bytes, compress_threshold=s.compress_threshold_bytes
-        ),
-        retry=RetryPolicy(
-            attempts=s.retry_attempts,
-            initial_backoff=s.retry_initial_backoff_seconds,
-            max_backoff=s.retry_max_backoff_seconds,
-            deadline=s.retry_deadline_seconds,
-        ),
+        codec=s.build_codec(),
+        retry=s.build_retry_policy(),
     )
     try:
         yield store

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -100,10 +99,12 @@ class PersistenceTask(Task):  # type: ignore[type-arg]
         return self.app  # type: ignore[return-value]
 
     def countdown(self) -> float:
-        """Jittered exponential backoff for the next Celery retry."""
-        cap = self.papp.settings.task_retry_backoff_max_seconds
-        base = min(cap, 2.0**self.request.retries)
-        return random.uniform(base / 2, base)
+        """Jittered exponential backoff for the next Celery retry.
+
+        Drawn from ``Settings.task_backoff``, the schedule whose sum the settings check
+        tombstone lifetimes against.
+        """
+        return self.papp.settings.task_backoff.delay(self.request.retries)
 
     def dead_letter(
         self,
