@@ -43,14 +43,14 @@ from tests.faults.chaos_report import (
     ChaosReport,
     VersionWatch,
     broker_depth,
-    dead_letters,
+    broker_notes,
     find_resurrected,
     probe_workers,
     settle,
 )
 from tests.faults.conftest import FAULT_SETTINGS, Fleet
 from tests.faults.producers import Stream, thread_ids
-from tests.faults.reconcile import Ledger, reconcile
+from tests.faults.reconcile import Ledger, read_dead_letters, reconcile
 from tests.support import RedisServer
 from tests.support.celery_worker import CeleryWorker, settings_env
 
@@ -139,27 +139,24 @@ def run(fleet: Fleet, cfg: ChaosConfig, log: Callable[[str], None] | None = None
     settle_seconds, pending = settle(fleet, ledger, cfg)
     loops[1].stop()
     watch.observe()
-    dead = dead_letters(fleet)
-    results = {"all": reconcile(f"chaos seed {cfg.seed}", ledger, fleet.store)}
-    dead_lettered = {"all": 0}
-    for mode, mode_ledger in modes.items():
-        results[mode] = reconcile(f"chaos seed {cfg.seed} {mode}", mode_ledger, fleet.store)
-        held = fleet.store.stored_versions(mode_ledger.thread_ids)
-        dead_lettered[mode] = sum(
-            1
-            for s in mode_ledger.saves
-            if s.error is None
-            and held.get(s.thread_id, 0) < s.version
-            and (s.thread_id, s.version) in dead
+    entries = read_dead_letters(fleet.store)
+    results = {
+        mode: reconcile(f"chaos seed {cfg.seed}{suffix}", mode_ledger, fleet.store, entries)
+        for mode, suffix, mode_ledger in (
+            ("all", "", ledger),
+            *((mode, f" {mode}", mode_ledger) for mode, mode_ledger in modes.items()),
         )
-        dead_lettered["all"] += dead_lettered[mode]
+    }
     resurrected, failed_stored = find_resurrected(ledger, fleet.store)
     probed = probe_workers(fleet, clients, clock, cfg.probe_timeout)
+    depth = broker_depth(fleet)
+    notes = executor.describe()
+    if depth != (0, 0) or pending:
+        notes.append(f"broker after settling: {broker_notes(fleet)}; pending {pending[:10]}")
     return ChaosReport(
         config=cfg,
         timeline=executor.applied,
         results=results,
-        dead_lettered=dead_lettered,
         resurrected=resurrected,
         regressions=watch.regressions,
         samples=watch.samples,
@@ -167,11 +164,12 @@ def run(fleet: Fleet, cfg: ChaosConfig, log: Callable[[str], None] | None = None
         delete_errors=delete_errors,
         settle_seconds=settle_seconds,
         pending_at_end=pending,
-        broker_depth=broker_depth(fleet),
+        broker_depth=depth,
         probe=probed,
         workers_running=(executor.workers_running(), cfg.workers),
         unexpected_exits=executor.unexpected,
         harness_errors=harness,
+        notes=notes,
     )
 
 

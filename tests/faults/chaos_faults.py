@@ -246,6 +246,17 @@ class Executor:
         """Worker slots whose main process runs and is not stopped."""
         return sum(1 for w in self.slots if w.running and process_state(w.pid) not in "TtZX")
 
+    def describe(self) -> list[str]:
+        """Each slot's worker (pid, process state, pool) and every worker's fatal log lines."""
+        lines = []
+        for slot, w in enumerate(self.slots):
+            state = process_state(w.pid) if w.running else f"exited {w.returncode}"
+            lines.append(f"slot {slot}: {w.name} pid {w.pid} state {state} pool {w.child_pids()}")
+        for w in self.fleet.workers:
+            fatal = [line for line in w.log_text().splitlines() if "CRITICAL/" in line]
+            lines += [f"{w.name}: {line[:300]}" for line in fatal[:5]]
+        return lines
+
 
 def process_state(pid: int) -> str:
     try:

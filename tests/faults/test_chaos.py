@@ -6,13 +6,16 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 from rich.console import Console
 
 from tests.faults.chaos import ChaosConfig, run
 from tests.faults.chaos_faults import ACTIONS, MAX_OUTAGE, MIN_OUTAGE, make_schedule
 from tests.faults.conftest import FleetFactory
-from tests.faults.reconcile import write_result
+from tests.faults.reconcile import RESULTS_DIR, write_result
 
 #: CI's seed; change it only together with a green run of the new one.
 SEED = 20261201
@@ -42,7 +45,9 @@ def test_schedule_is_seeded_bounded_and_one_fault_per_target_at_a_time() -> None
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_chaos_fixed_seed(fleet_factory: FleetFactory, capsys: pytest.CaptureFixture[str]) -> None:
+def test_chaos_fixed_seed(
+    fleet_factory: FleetFactory, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     """Two minutes of worker, pool-child, store and broker SIGKILL/SIGSTOP/restarts under
     durable and buffered producers with deletes; then heal, wait without any flush, and
     reconcile: nothing lost, no version regression, no deleted thread back, workers answer."""
@@ -52,6 +57,10 @@ def test_chaos_fixed_seed(fleet_factory: FleetFactory, capsys: pytest.CaptureFix
         print()
         report.render(Console(width=130, force_terminal=False))
     write_result(report.results["all"])
+    # The workers' logs outlive pytest's temp dirs here (git ignores the results directory).
+    logs = RESULTS_DIR / "chaos-logs"
+    shutil.rmtree(logs, ignore_errors=True)
+    shutil.copytree(tmp_path, logs, ignore=shutil.ignore_patterns("redis-*"))
     everything = report.results["all"]
     assert len([a for a in report.timeline if a.began is not None]) >= 15
     assert everything.handed_off > 1000
