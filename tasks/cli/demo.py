@@ -33,7 +33,14 @@ from agents_persistence.config.settings import Settings, redact_url
 from agents_persistence.errors import FlushTimeout
 from agents_persistence.models import AgentStateSnapshot
 from agents_persistence.redis_store import RedisCheckpointer
-from agents_persistence.tasks.cli.fleet import AgentRun, Audit, audit, metric_rows, run_fleet
+from agents_persistence.tasks.cli.fleet import (
+    AgentRun,
+    Audit,
+    Traffic,
+    audit,
+    metric_rows,
+    run_fleet,
+)
 from agents_persistence.tasks.client.checkpointer import CeleryCheckpointer
 from agents_persistence.tasks.devtools.celery_process import WORKER_APP, CeleryWorker
 from agents_persistence.tasks.devtools.embedded import EmbeddedKind, start_embedded_redis
@@ -106,12 +113,13 @@ class _Demo:
     def run(self) -> int:
         store, demo, label = self.open_store()
         client, worker_info = self.start_worker(store, demo)
-        runs, times = self.hand_off(client)
+        runs, times, traffic = self.hand_off(client)
         result = audit(client, runs)
         verdict = "OK" if result.lost == 0 else "FAILED"
         self.say(
             f"Verified {verdict}: {result.persisted} threads hold their last version, "
-            f"{result.superseded} older snapshots superseded, {result.lost} lost"
+            f"{result.superseded} older snapshots superseded "
+            f"({traffic.superseded_in_buffer} of them in the buffer), {result.lost} lost"
         )
         wanted = set(self.thread_ids)
         listed = [tid for tid in store.iter_threads(page_size=100) if tid in wanted]
@@ -131,7 +139,7 @@ class _Demo:
         table = _summary(
             runs,
             result,
-            client,
+            traffic,
             self.options,
             about=about,
             times=times,
@@ -214,9 +222,13 @@ class _Demo:
         )
         return client, f"pid {self.worker.pid}"
 
-    def hand_off(self, client: CeleryCheckpointer) -> tuple[list[AgentRun], tuple[float, ...]]:
-        """Run the fleet under a progress bar, then flush; returns the runs and timings."""
+    def hand_off(
+        self, client: CeleryCheckpointer
+    ) -> tuple[list[AgentRun], tuple[float, ...], Traffic]:
+        """Run the fleet under a progress bar, then flush; returns the runs, the timings and
+        what the client published for them."""
         opts = self.options
+        before = Traffic.of(client)
         columns = (TextColumn("Handing off"), BarColumn(), MofNCompleteColumn())
         with Progress(*columns, TimeElapsedColumn(), console=self.console) as progress:
             bar = progress.add_task("hand-off", total=opts.agents * opts.steps)
@@ -234,8 +246,13 @@ class _Demo:
                 raise run.error
         client.flush(opts.timeout)
         t_durable = time.perf_counter()
-        self.say(f"Flushed: every hand-off durable {t_durable - t_handed:.2f} s after the last")
-        return runs, (t0, t_handed, t_durable)
+        traffic = Traffic.of(client).since(before)
+        self.say(
+            f"Flushed: every hand-off durable {t_durable - t_handed:.2f} s after the last; "
+            f"{traffic.published_snapshots} snapshots published in "
+            f"{traffic.published_messages} messages"
+        )
+        return runs, (t0, t_handed, t_durable), traffic
 
 
 def _durable(wait: Callable[[float], None], timeout: float) -> bool:
@@ -288,7 +305,7 @@ def _remove_demo_queue(settings: Settings) -> None:
 def _summary(
     runs: list[AgentRun],
     result: Audit,
-    client: CeleryCheckpointer,
+    traffic: Traffic,
     options: DemoOptions,
     *,
     about: list[tuple[str, str]],
@@ -298,8 +315,12 @@ def _summary(
 ) -> Table:
     table = Table(
         title="agents-persistence demo",
-        caption="hand-off: wall time of save_state() in the agent thread (all agents share one "
-        "interpreter, so the tail includes their GIL waits); end-to-end: from the first "
+        caption="handed off: save_state() calls; superseded in buffer: replaced by a newer "
+        "snapshot of the thread before publishing (buffered mode); published: snapshots the "
+        "broker accepted (messages carrying them); persisted: threads holding their last "
+        "version; superseded: older versions, in the buffer or in the store. hand-off: wall "
+        "time of save_state() in the agent thread (all agents share one interpreter, so the "
+        "tail includes their GIL waits); end-to-end rate: published snapshots from the first "
         "hand-off until flush() saw every thread durable",
     )
     table.add_column("metric", style="bold")
@@ -308,7 +329,7 @@ def _summary(
         *about,
         ("hand-off mode", options.mode),
         ("agents x steps", f"{options.agents} x {options.steps}"),
-        *metric_rows(runs, result, coalesced=client.superseded, times=times),
+        *metric_rows(runs, result, traffic=traffic, times=times),
         ("threads listed", f"{listed}"),
         ("cleanup removed", f"{removed}"),
     ]

@@ -10,9 +10,15 @@ persisted
     the store holds exactly this version (and the state matches what the agent sent);
 superseded
     the store holds a newer version of the thread (saves are versioned: an older snapshot
-    is replaced, coalesced in the hand-off buffer, or refused as stale — never lost);
+    is replaced in the hand-off buffer before it is published, or replaced in the store, or
+    refused there as stale — never lost);
 lost
     the store holds an older version, nothing, or different content. Must be zero.
+
+The summary adds what the client counted on the way: snapshots superseded in its buffer
+(buffered mode; never published), and the snapshots and messages the broker accepted. The
+end-to-end rate counts published snapshots (what reached the broker and a worker), not
+hand-offs that were coalesced in the client.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ __all__ = [
     "AgentRun",
     "Audit",
     "GrowingState",
+    "Traffic",
     "audit",
     "metric_rows",
     "percentile",
@@ -207,17 +214,48 @@ def percentile(values_ns: Sequence[int], pct: float) -> float:
     return ordered[rank - 1] / 1000
 
 
+@dataclass(frozen=True)
+class Traffic:
+    """What the client counted: snapshots superseded in its buffer (never published), and
+    the snapshots and messages the broker accepted (re-sends included)."""
+
+    superseded_in_buffer: int
+    published_snapshots: int
+    published_messages: int
+
+    @classmethod
+    def of(cls, client: CeleryCheckpointer) -> Traffic:
+        """The counters of ``client`` now."""
+        return cls(client.superseded, client.published_snapshots, client.published_messages)
+
+    def since(self, earlier: Traffic) -> Traffic:
+        """What was counted after ``earlier`` (leaves out a probe save, say)."""
+        return Traffic(
+            self.superseded_in_buffer - earlier.superseded_in_buffer,
+            self.published_snapshots - earlier.published_snapshots,
+            self.published_messages - earlier.published_messages,
+        )
+
+
 def metric_rows(
-    runs: Sequence[AgentRun], result: Audit, *, coalesced: int, times: Sequence[float]
+    runs: Sequence[AgentRun], result: Audit, *, traffic: Traffic, times: Sequence[float]
 ) -> list[tuple[str, str]]:
-    """The audit and timings as (metric, value) rows; ``times``: start, handed, durable."""
+    """The audit and timings as (metric, value) rows; ``times``: start, handed, durable.
+
+    The rate counts published snapshots (those that reached the broker), from the first
+    hand-off until ``flush()`` saw every thread durable.
+    """
     t0, t_handed, t_durable = times
     latencies = [ns for run in runs for ns in run.latencies_ns]
     final = [run.final_bytes for run in runs if run.final_bytes]
-    rate = result.handed_off / max(t_durable - t0, 1e-9)
+    rate = traffic.published_snapshots / max(t_durable - t0, 1e-9)
     return [
         ("handed off", f"{result.handed_off}"),
-        ("coalesced in buffer", f"{coalesced}"),
+        ("superseded in buffer", f"{traffic.superseded_in_buffer}"),
+        (
+            "published (messages)",
+            f"{traffic.published_snapshots} ({traffic.published_messages})",
+        ),
         ("persisted", f"{result.persisted}"),
         ("superseded", f"{result.superseded}"),
         ("lost", f"{result.lost}"),
@@ -225,6 +263,6 @@ def metric_rows(
         ("hand-off p99", f"{percentile(latencies, 99):,.0f} µs"),
         ("hand-off phase", f"{t_handed - t0:.2f} s"),
         ("flush (until durable)", f"{t_durable - t_handed:.2f} s"),
-        ("end-to-end rate", f"{rate:,.0f} snapshots/s"),
+        ("end-to-end rate", f"{rate:,.0f} published snapshots/s"),
         ("final snapshot (mean)", f"{sum(final) / max(len(final), 1) / 1024:.1f} KiB"),
     ]

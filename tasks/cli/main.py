@@ -255,6 +255,17 @@ def dead_letters_purge(obj: Context) -> None:
     show_default=True,
     help="Private Redis to start when AGENTS_PERSISTENCE_REDIS_URL is not set.",
 )
+@click.option(
+    "--redis-url",
+    metavar="URL",
+    help="The store to use instead of a private one (as the global --redis-url).",
+)
+@click.option(
+    "--namespace",
+    metavar="NS",
+    help="Work in this namespace (as the global --namespace); default: a fresh "
+    "<namespace>.demo-<id> in your Redis, the configured one in a private Redis.",
+)
 @click.option("--keep", is_flag=True, help="Leave the demo's keys in the store.")
 @click.option(
     "--think-ms",
@@ -286,6 +297,8 @@ def demo(
     steps: int,
     mode: Literal["durable", "buffered"],
     embedded: EmbeddedKind,
+    redis_url: str | None,
+    namespace: str | None,
     keep: bool,
     think_ms: float,
     concurrency: int,
@@ -293,10 +306,15 @@ def demo(
 ) -> None:
     """A simulated agent fleet handing snapshots to a real Celery worker, audited.
 
-    Without AGENTS_PERSISTENCE_REDIS_URL it starts a private Redis; with it, it works in a
-    fresh sub-namespace (or --namespace) and removes its keys afterwards (unless --keep).
-    Exit code 1 if any snapshot handed off was lost.
+    Without AGENTS_PERSISTENCE_REDIS_URL (or --redis-url) it starts a private Redis; with
+    it, it works in a fresh sub-namespace (or --namespace) and removes its keys afterwards
+    (unless --keep). Exit code 1 if any snapshot handed off was lost.
     """
+    # The same options as the global ones, also accepted after the command name
+    # (scripts/demo passes its arguments to the command); these win.
+    for name, value in (("redis_url", redis_url), ("namespace", namespace)):
+        if value is not None:
+            obj.overrides[name] = value
     opts = DemoOptions(
         agents=agents,
         steps=steps,

@@ -98,6 +98,11 @@ class CeleryCheckpointer:
         app: the Celery app; default: ``create_app(settings, store=store)``.
         settings: default: the app's settings, else :class:`Settings` from the environment.
         mode: ``"durable"`` or ``"buffered"``; default: ``settings.handoff_mode``.
+
+    Counters (this client's life so far): ``handed_off`` (``save_state`` calls that
+    returned), ``superseded`` (replaced in the buffer before publishing),
+    ``published_snapshots`` and ``published_messages`` (what the broker accepted, re-sends
+    included), ``resent``, ``written_through``.
     """
 
     def __init__(
@@ -133,6 +138,8 @@ class CeleryCheckpointer:
             self.app, settings.queue, self._retry_policy, settings.publish_timeout_seconds
         )
         self.handed_off = 0
+        self.published_snapshots = 0
+        self.published_messages = 0
         self.written_through = 0
         self._publisher: BufferedPublisher | None = None
         if self.mode == "buffered":
@@ -215,6 +222,7 @@ class CeleryCheckpointer:
         kwargs = save_message(self.namespace, save)
         if self._eager:
             self._run_eager(SAVE_TASK, kwargs)
+            self._count_published(1)
             return
         kwargsrepr = (
             f"{{'namespace': {self.namespace!r}, 'thread_id': {save.thread_id!r}, "
@@ -225,11 +233,14 @@ class CeleryCheckpointer:
             self._sender.send(SAVE_TASK, kwargs, kwargsrepr[:1024])
         except _BROKER_ERRORS as exc:
             self._broker_down([save], exc)
+            return
+        self._count_published(1)
 
     def _publish_batch(self, saves: list[PreparedSave]) -> None:
         kwargs = batch_message(self.namespace, saves)
         if self._eager:
             self._run_eager(SAVE_BATCH_TASK, kwargs)
+            self._count_published(len(saves))
             return
         size = sum(len(s.body) for s in saves)
         kwargsrepr = (
@@ -240,6 +251,13 @@ class CeleryCheckpointer:
             self._sender.send(SAVE_BATCH_TASK, kwargs, kwargsrepr)
         except _BROKER_ERRORS as exc:
             self._broker_down(saves, exc)
+            return
+        self._count_published(len(saves))
+
+    def _count_published(self, snapshots: int) -> None:
+        with self._lock:
+            self.published_snapshots += snapshots
+            self.published_messages += 1
 
     def _publish_buffered(self, saves: list[PreparedSave]) -> None:
         self._publish_batch(saves)

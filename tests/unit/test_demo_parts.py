@@ -6,11 +6,15 @@ import os
 from pathlib import Path
 
 import pytest
-from agents_persistence import AgentStateSnapshot, TodoStatus
+from agents_persistence import AgentStateSnapshot, RedisCheckpointer, TodoStatus
 from agents_persistence.config import Settings
+from agents_persistence.tasks.cli import main as cli_main
 from agents_persistence.tasks.cli.context import Context
+from agents_persistence.tasks.cli.demo import DemoOptions
 from agents_persistence.tasks.cli.fleet import (
+    Audit,
     GrowingState,
+    Traffic,
     audit,
     metric_rows,
     percentile,
@@ -64,9 +68,16 @@ def test_fleet_and_audit_through_the_eager_checkpointer(
 
     result = audit(eager_checkpointer, runs)
     assert (result.handed_off, result.persisted, result.superseded, result.lost) == (12, 3, 9, 0)
-    rows = dict(metric_rows(runs, result, coalesced=0, times=(0.0, 1.0, 2.0)))
+    traffic = Traffic.of(eager_checkpointer)
+    assert traffic == Traffic(0, 12, 12)  # durable: one message per snapshot
+    rows = dict(metric_rows(runs, result, traffic=traffic, times=(0.0, 1.0, 2.0)))
+    assert rows["handed off"] == "12"
+    assert rows["superseded in buffer"] == "0"
+    assert rows["published (messages)"] == "12 (12)"
+    assert rows["persisted"] == "3"
+    assert rows["superseded"] == "9"
     assert rows["lost"] == "0"
-    assert rows["end-to-end rate"] == "6 snapshots/s"
+    assert rows["end-to-end rate"] == "6 published snapshots/s"
 
     # A thread whose state is gone counts every snapshot it handed off as lost.
     eager_checkpointer.delete_thread("agent-1")
@@ -121,3 +132,78 @@ def test_the_cli_knows_every_password_it_must_hide() -> None:
     settings = ctx.settings
     assert isinstance(settings.redis_url, SecretStr)
     assert "p@ss" not in repr(settings)
+
+
+def test_the_rate_counts_published_snapshots_not_the_ones_coalesced_in_the_buffer() -> None:
+    """Buffered mode: 12 handed off, 8 replaced in the buffer, 4 published in 2 messages."""
+    traffic = Traffic(superseded_in_buffer=8, published_snapshots=4, published_messages=2)
+    result = Audit(handed_off=12, persisted=4, superseded=8)
+    rows = dict(metric_rows([], result, traffic=traffic, times=(0.0, 1.0, 2.0)))
+    assert rows["handed off"] == "12"
+    assert rows["superseded in buffer"] == "8"
+    assert rows["published (messages)"] == "4 (2)"
+    assert rows["end-to-end rate"] == "2 published snapshots/s"
+
+
+def test_buffered_traffic_counts_what_the_broker_took(
+    persistence_settings: Settings, persistence_store: RedisCheckpointer
+) -> None:
+    """The buffered client counts coalesced snapshots apart from published ones and
+    messages; ``since`` leaves out what came before (the demo's probe save)."""
+    from agents_persistence.tasks.worker.app import create_app
+
+    settings = persistence_settings.model_copy(update={"handoff_mode": "buffered"})
+    store = persistence_store
+    client = CeleryCheckpointer(store, create_app(settings, store=store), settings=settings)
+    try:
+        client.save_state("probe", AgentStateSnapshot())
+        client.flush(5)
+        before = Traffic.of(client)
+        assert before.published_snapshots == 1
+        assert client._publisher is not None
+        # Hold the publisher's lock (re-entrant), so the four saves coalesce into one.
+        with client._publisher._cond:
+            for step in range(4):
+                client.save_state("t", AgentStateSnapshot(scratchpad={"step": step}))
+        client.flush(5)
+        traffic = Traffic.of(client).since(before)
+        assert traffic == Traffic(superseded_in_buffer=3, published_snapshots=1,
+                                  published_messages=1)  # fmt: skip
+        assert client.handed_off == 5
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["demo", "--namespace", "mine", "--redis-url", "redis://h:1/0"],
+        ["--namespace", "mine", "--redis-url", "redis://h:1/0", "demo"],
+        ["--namespace", "other", "demo", "--namespace", "mine", "--redis-url", "redis://h:1/0"],
+    ],
+    ids=["after-the-command", "global", "the-command-wins"],
+)
+def test_demo_takes_namespace_and_redis_url_before_or_after_the_command(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, argv: list[str]
+) -> None:
+    """``scripts/demo --namespace X`` passes its arguments after ``demo``: both places work."""
+    from click.testing import CliRunner
+
+    for name in list(os.environ):
+        if name.upper().startswith(PREFIX):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    seen: list[tuple[Settings, DemoOptions]] = []
+
+    def fake_run_demo(settings: Settings, options: DemoOptions, console: object) -> int:
+        seen.append((settings, options))
+        return 0
+
+    monkeypatch.setattr(cli_main, "run_demo", fake_run_demo)
+    result = CliRunner().invoke(cli_main.main, argv)
+    assert result.exit_code == 0, result.output
+    ((settings, options),) = seen
+    assert options.namespace == "mine"
+    assert settings.namespace == "mine"
+    assert settings.redis_url.get_secret_value() == "redis://h:1/0"
+    assert "redis_url" in settings.model_fields_set  # so the demo uses it, not a private one
