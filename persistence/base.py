@@ -10,16 +10,26 @@ from datetime import timedelta
 
 from agents_persistence.checkpoint import Checkpoint, PreparedSave, WriteResult
 from agents_persistence.codec import Codec
+from agents_persistence.keys import Keys
+from agents_persistence.lists import BoundedList
 from agents_persistence.models import AgentStateSnapshot
 from agents_persistence.validation import check_thread_id, check_version, coerce_snapshot
 from agents_persistence.versions import VersionClock, next_version
 
-__all__ = ["DEFAULT_TOMBSTONE_TTL", "BaseCheckpointer", "TTLLike", "to_milliseconds"]
+__all__ = [
+    "DEFAULT_NAMESPACE",
+    "DEFAULT_TOMBSTONE_TTL",
+    "BaseCheckpointer",
+    "TTLLike",
+    "to_milliseconds",
+]
 
 TTLLike = timedelta | float | int | None
 #: How long a tombstone keeps older saves out unless told otherwise: a day covers any
 #: sane visibility timeout plus retry span.
 DEFAULT_TOMBSTONE_TTL = timedelta(days=1)
+#: The namespace of a store built without one (``Settings.namespace``'s default too).
+DEFAULT_NAMESPACE = "agents"
 
 
 def to_milliseconds(value: TTLLike, what: str) -> int | None:
@@ -38,16 +48,24 @@ def to_milliseconds(value: TTLLike, what: str) -> int | None:
 
 
 class BaseCheckpointer(ABC):
-    """Shared behaviour of :class:`RedisCheckpointer` and :class:`InMemoryCheckpointer`."""
+    """Shared behaviour of :class:`RedisCheckpointer` and :class:`InMemoryCheckpointer`.
+
+    Besides the contract, a store offers what tools around it need, so none of them reaches
+    into a particular implementation: its :attr:`namespace`, :meth:`dead_letter_list`,
+    :meth:`key_count`, :meth:`server_info`, :meth:`ping`, :meth:`purge_threads` and
+    :meth:`drop_namespace`.
+    """
 
     def __init__(
         self,
         *,
+        namespace: str = DEFAULT_NAMESPACE,
         ttl: TTLLike = None,
         tombstone_ttl: TTLLike = DEFAULT_TOMBSTONE_TTL,
         codec: Codec | None = None,
         clock: VersionClock | None = None,
     ) -> None:
+        self._namespace = Keys(namespace).namespace  # Keys validates it
         self.ttl_ms = to_milliseconds(ttl, "ttl")
         tomb = to_milliseconds(tombstone_ttl, "tombstone_ttl")
         if tomb is None:
@@ -55,6 +73,11 @@ class BaseCheckpointer(ABC):
         self.tombstone_ttl_ms = tomb
         self.codec = codec if codec is not None else Codec()
         self._next_version = clock.next if clock is not None else next_version
+
+    @property
+    def namespace(self) -> str:
+        """The namespace of everything this store keeps (first segment of its Redis keys)."""
+        return self._namespace
 
     @property
     def ttl(self) -> timedelta | None:
@@ -153,6 +176,39 @@ class BaseCheckpointer(ABC):
     @abstractmethod
     def count_threads(self) -> tuple[int, int]:
         """(live, expired but not yet cleaned) entries of the index."""
+
+    # -- what tools need: dead letters, counts, the server, clean-up -----------------------
+    @abstractmethod
+    def dead_letter_list(self, max_length: int) -> BoundedList:
+        """The namespace's list of dead-lettered hand-offs (entries are opaque bytes), capped
+        at ``max_length`` entries. Every call returns a view of the same list."""
+
+    @abstractmethod
+    def key_count(self) -> int:
+        """How many keys the namespace holds (records, tombstones, index, lists)."""
+
+    @abstractmethod
+    def server_info(self) -> dict[str, object]:
+        """What the server says about itself (Redis ``INFO``); empty if it says nothing."""
+
+    @abstractmethod
+    def ping(self) -> None:
+        """Return once the store answers (through the retry policy).
+
+        Raises:
+            StoreUnavailable: it did not answer within the retry policy's bounds.
+        """
+
+    @abstractmethod
+    def purge_threads(self, thread_ids: Sequence[str]) -> int:
+        """Remove these threads outright (records, tombstones, index entries), leaving no
+        tombstone: for clean-up of scratch data, not a delete. Returns how many records
+        were removed."""
+
+    @abstractmethod
+    def drop_namespace(self) -> int:
+        """Remove everything the namespace holds; returns how many keys (entries) went.
+        Nothing outside the namespace is touched."""
 
     def _delete_version(self, version: int | None) -> int | None:
         return None if version is None else check_version(version)

@@ -33,17 +33,28 @@ __all__ = [
     "DEFAULT_COMPRESS_THRESHOLD",
     "DEFAULT_MAX_SNAPSHOT_BYTES",
     "HEADER_SIZE",
+    "MAGIC",
+    "SAVED_AT_DIGITS",
+    "VERSION_DIGITS",
+    "VERSION_END",
+    "VERSION_START",
     "Codec",
     "Record",
     "format_version",
 ]
 
+#: The header's layout (the module docstring draws it); the Lua scripts read the same bytes.
 MAGIC: Final = b"AP1"
 KIND_JSON: Final = b"j"
 KIND_ZLIB: Final = b"z"
 KIND_TOMBSTONE: Final = b"t"
-HEADER_SIZE: Final = 40
+KIND_AT: Final = len(MAGIC)
+VERSION_START: Final = KIND_AT + 1
 VERSION_DIGITS: Final = 20
+#: Where the version ends: ``GETRANGE key 0 VERSION_END-1`` reads all a compare needs.
+VERSION_END: Final = VERSION_START + VERSION_DIGITS
+SAVED_AT_DIGITS: Final = 16
+HEADER_SIZE: Final = VERSION_END + SAVED_AT_DIGITS
 DEFAULT_MAX_SNAPSHOT_BYTES: Final = 16 * 1024 * 1024
 DEFAULT_COMPRESS_THRESHOLD: Final = 16 * 1024
 _ZLIB_LEVEL: Final = 1  # fast: agent state is mostly text; level 1 gets most of the gain
@@ -55,7 +66,7 @@ _ORJSON_FROM: Final = 16 * 1024
 
 def format_version(version: int) -> bytes:
     """The 20-digit form a version takes in headers and script arguments."""
-    return b"%020d" % version
+    return b"%0*d" % (VERSION_DIGITS, version)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +138,8 @@ class Codec:
             packed = zlib.compress(body, _ZLIB_LEVEL)
             if len(packed) < len(body):
                 body, kind = packed, KIND_ZLIB
-        return b"".join((MAGIC, kind, format_version(version), b"%016d" % saved_at_ms, body))
+        saved_at = b"%0*d" % (SAVED_AT_DIGITS, saved_at_ms)
+        return b"".join((MAGIC, kind, format_version(version), saved_at, body))
 
     def unpack(self, thread_id: str, raw: bytes) -> Record:
         """Decode the bytes stored for ``thread_id``; raise :class:`CorruptState` if unusable."""
@@ -147,10 +159,10 @@ class Codec:
         return self.unpack(thread_id, head + body)
 
     def _unpack_record(self, thread_id: str, head: bytes, body: bytes) -> Record:
-        kind = head[3:4]
+        kind = head[KIND_AT:VERSION_START]
         try:
-            version = int(head[4:24])
-            saved_ms = int(head[24:40])
+            version = int(head[VERSION_START:VERSION_END])
+            saved_ms = int(head[VERSION_END:HEADER_SIZE])
             saved_at = datetime.fromtimestamp(saved_ms / 1000, tz=UTC)
         except (ValueError, OverflowError, OSError) as exc:  # digits, but beyond year 9999
             raise CorruptState(thread_id, "malformed record header") from exc

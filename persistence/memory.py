@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from agents_persistence.base import (
+    DEFAULT_NAMESPACE,
     DEFAULT_TOMBSTONE_TTL,
     BaseCheckpointer,
     TTLLike,
@@ -20,6 +21,7 @@ from agents_persistence.base import (
 )
 from agents_persistence.checkpoint import Checkpoint, PreparedSave, WriteOutcome, WriteResult
 from agents_persistence.codec import Codec
+from agents_persistence.lists import MemoryList
 from agents_persistence.validation import check_thread_id
 from agents_persistence.versions import VersionClock
 
@@ -40,27 +42,34 @@ class InMemoryCheckpointer(BaseCheckpointer):
     """A thread-safe, in-process checkpointer with the semantics of :class:`RedisCheckpointer`.
 
     Args:
-        ttl, tombstone_ttl, codec, clock: as for :class:`RedisCheckpointer`.
+        namespace, ttl, tombstone_ttl, codec, clock: as for :class:`RedisCheckpointer`.
         time_source: monotonic seconds (inject a fake clock to test expiry without sleeping).
     """
 
     def __init__(
         self,
         *,
+        namespace: str = DEFAULT_NAMESPACE,
         ttl: TTLLike = None,
         tombstone_ttl: TTLLike = DEFAULT_TOMBSTONE_TTL,
         codec: Codec | None = None,
         clock: VersionClock | None = None,
         time_source: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(ttl=ttl, tombstone_ttl=tombstone_ttl, codec=codec, clock=clock)
+        super().__init__(
+            namespace=namespace, ttl=ttl, tombstone_ttl=tombstone_ttl, codec=codec, clock=clock
+        )
         self._now = time_source
         self._lock = threading.Lock()
         self._records: dict[str, _Entry] = {}
         self._index: dict[str, float] = {}  # thread id -> expiry, like the Redis sorted set
+        self._dead_letters: MemoryList | None = None
 
     def __repr__(self) -> str:
-        return f"InMemoryCheckpointer(threads={len(self._index)}, ttl={self.ttl!r})"
+        return (
+            f"InMemoryCheckpointer(namespace={self.namespace!r}, threads={len(self._index)}, "
+            f"ttl={self.ttl!r})"
+        )
 
     def _live(self, thread_id: str, now: float) -> _Entry | None:
         entry = self._records.get(thread_id)
@@ -165,3 +174,41 @@ class InMemoryCheckpointer(BaseCheckpointer):
             now = self._now()
             expired = sum(1 for exp in self._index.values() if exp <= now)
             return len(self._index) - expired, expired
+
+    # -- what tools need ------------------------------------------------------------------------
+    def dead_letter_list(self, max_length: int) -> MemoryList:
+        with self._lock:
+            if self._dead_letters is None or self._dead_letters.max_length != max_length:
+                kept = self._dead_letters.newest(max_length) if self._dead_letters else []
+                self._dead_letters = MemoryList(max_length)
+                for entry in reversed(kept):
+                    self._dead_letters.push(entry)
+            return self._dead_letters
+
+    def key_count(self) -> int:
+        with self._lock:
+            now = self._now()
+            records = sum(1 for tid in list(self._records) if self._live(tid, now) is not None)
+            lists = 1 if self._dead_letters is not None and self._dead_letters.count() else 0
+            return records + (1 if self._index else 0) + lists
+
+    def server_info(self) -> dict[str, object]:
+        return {}
+
+    def ping(self) -> None:
+        return None
+
+    def purge_threads(self, thread_ids: Sequence[str]) -> int:
+        with self._lock:
+            for tid in thread_ids:
+                self._index.pop(tid, None)
+            return sum(1 for tid in thread_ids if self._records.pop(tid, None) is not None)
+
+    def drop_namespace(self) -> int:
+        dropped = self.key_count()
+        with self._lock:
+            self._records.clear()
+            self._index.clear()
+            if self._dead_letters is not None:
+                self._dead_letters.clear()
+        return dropped

@@ -11,21 +11,31 @@ the staged copy. One load is one ``GET`` (for a thread whose record was large, o
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 import redis.exceptions as rex
 from agents_persistence.base import (
+    DEFAULT_NAMESPACE,
     DEFAULT_TOMBSTONE_TTL,
     BaseCheckpointer,
     TTLLike,
     check_page_size,
 )
 from agents_persistence.checkpoint import Checkpoint, PreparedSave, WriteOutcome, WriteResult
-from agents_persistence.codec import HEADER_SIZE, Codec, Record, format_version
+from agents_persistence.codec import (
+    HEADER_SIZE,
+    MAGIC,
+    VERSION_END,
+    VERSION_START,
+    Codec,
+    Record,
+    format_version,
+)
 from agents_persistence.errors import CorruptState
 from agents_persistence.keys import Keys
+from agents_persistence.redis_admin import RedisAdmin
 from agents_persistence.retry import RetryPolicy, is_transient
 from agents_persistence.scripts import LuaScript, lua
 from agents_persistence.validation import check_thread_id
@@ -52,19 +62,21 @@ _LARGE_HINTS = 4096
 
 def _header_version(head: object) -> int:
     # Only a header with 20 digits is ours (as in the Lua scripts); anything else reads as 0.
-    if isinstance(head, bytes) and len(head) == 24 and head.startswith(b"AP1"):
-        digits = head[4:24]
+    if isinstance(head, bytes) and len(head) == VERSION_END and head.startswith(MAGIC):
+        digits = head[VERSION_START:VERSION_END]
         if digits.isdigit():
             return int(digits)
     return 0
 
+
+T = TypeVar("T")
 
 _OUTCOMES = (WriteOutcome.WRITTEN, WriteOutcome.DUPLICATE, WriteOutcome.STALE)
 #: A staged record only outlives its transaction if the script failed; it then expires.
 _STAGING_PX = 60_000
 
 
-class RedisCheckpointer(BaseCheckpointer):
+class RedisCheckpointer(RedisAdmin, BaseCheckpointer):
     """Agent state in Redis, with versioned writes, TTL, a thread index and retries.
 
     Args:
@@ -84,14 +96,16 @@ class RedisCheckpointer(BaseCheckpointer):
         self,
         client: redis.Redis,
         *,
-        namespace: str = "agents",
+        namespace: str = DEFAULT_NAMESPACE,
         ttl: TTLLike = None,
         tombstone_ttl: TTLLike = DEFAULT_TOMBSTONE_TTL,
         codec: Codec | None = None,
         retry: RetryPolicy | None = None,
         clock: VersionClock | None = None,
     ) -> None:
-        super().__init__(ttl=ttl, tombstone_ttl=tombstone_ttl, codec=codec, clock=clock)
+        super().__init__(
+            namespace=namespace, ttl=ttl, tombstone_ttl=tombstone_ttl, codec=codec, clock=clock
+        )
         self.client = client
         self.keys = Keys(namespace)
         self.retry = retry if retry is not None else RetryPolicy()
@@ -102,18 +116,13 @@ class RedisCheckpointer(BaseCheckpointer):
         self._ttl_arg = b"" if self.ttl_ms is None else str(self.ttl_ms).encode()
         self._large: dict[str, None] = {}  # threads whose records were large: read split
 
-    @property
-    def namespace(self) -> str:
-        """The namespace of every key this checkpointer touches."""
-        return self.keys.namespace
-
     # -- construction -------------------------------------------------------------------------
     @classmethod
     def from_url(
         cls,
         url: str,
         *,
-        namespace: str = "agents",
+        namespace: str = DEFAULT_NAMESPACE,
         ttl: TTLLike = None,
         tombstone_ttl: TTLLike = DEFAULT_TOMBSTONE_TTL,
         codec: Codec | None = None,
@@ -205,11 +214,10 @@ class RedisCheckpointer(BaseCheckpointer):
             format_version(s.version), self._ttl_arg, s.thread_id, record,
         )  # fmt: skip
         try:
-            try:
-                reply = self.client.execute_command("EVALSHA", *args)  # type: ignore[no-untyped-call]
-            except rex.NoScriptError:
-                self.client.script_load(self._save.source)
-                reply = self.client.execute_command("EVALSHA", *args)  # type: ignore[no-untyped-call]
+            reply = self._with_script(
+                self._save,
+                lambda: self.client.execute_command("EVALSHA", *args),  # type: ignore[no-untyped-call]
+            )
         except rex.ResponseError as exc:
             if is_transient(exc):  # read-only replica, TRYAGAIN...: the retry policy's call
                 raise
@@ -329,7 +337,7 @@ class RedisCheckpointer(BaseCheckpointer):
             return {}
         pipe = self.client.pipeline(transaction=False)
         for tid in thread_ids:
-            pipe.getrange(self.keys.thread(tid), 0, 23)
+            pipe.getrange(self.keys.thread(tid), 0, VERSION_END - 1)
         heads = self.retry.call("versions", pipe.execute, raise_on_error=False)
         return {tid: _header_version(head) for tid, head in zip(thread_ids, heads, strict=True)}
 
@@ -346,17 +354,34 @@ class RedisCheckpointer(BaseCheckpointer):
         return int(seconds) * 1000 + int(micros) // 1000
 
     # -- plumbing ---------------------------------------------------------------------------------
-    def _execute(self, pipe: Any, script: LuaScript) -> list[Any]:
-        """Run a pipeline holding EVALSHAs of ``script``, loading it once if missing."""
-        commands = list(pipe.command_stack)
-        replies: list[Any] = pipe.execute(raise_on_error=False)
-        if any(isinstance(r, rex.NoScriptError) for r in replies):
-            # The server lost its scripts (restart, failover, SCRIPT FLUSH). The failed
-            # transaction only left the staging key behind, which the retry overwrites.
+    def _with_script(self, script: LuaScript, call: Callable[[], T]) -> T:
+        """``call()``, which runs ``script`` by its SHA; if the server lost its scripts
+        (restart, failover, SCRIPT FLUSH: NOSCRIPT), load ``script`` and call once more.
+
+        The one NOSCRIPT fallback of the store: single calls and pipelines both go here.
+        """
+        try:
+            return call()
+        except rex.NoScriptError:
             self.client.script_load(script.source)
+            return call()
+
+    def _execute(self, pipe: Any, script: LuaScript) -> list[Any]:
+        """Run a pipeline holding EVALSHAs of ``script`` (replies, errors included)."""
+        commands = list(pipe.command_stack)
+
+        def run() -> list[Any]:
             pipe.reset()
             pipe.command_stack.extend(commands)
-            replies = pipe.execute(raise_on_error=False)
+            replies: list[Any] = pipe.execute(raise_on_error=False)
+            for reply in replies:
+                # A failed transaction only left the staging key behind; the rerun
+                # overwrites it.
+                if isinstance(reply, rex.NoScriptError):
+                    raise reply
+            return replies
+
+        replies = self._with_script(script, run)
         for reply in replies:
             if isinstance(reply, (rex.ConnectionError, rex.TimeoutError)):
                 raise reply
@@ -370,11 +395,10 @@ class RedisCheckpointer(BaseCheckpointer):
         thread_id: str | None = None,
     ) -> Any:
         try:
-            try:
-                return self.client.evalsha(script.sha, len(keys), *keys, *args)  # type: ignore[arg-type]
-            except rex.NoScriptError:
-                self.client.script_load(script.source)
-                return self.client.evalsha(script.sha, len(keys), *keys, *args)  # type: ignore[arg-type]
+            return self._with_script(
+                script,
+                lambda: self.client.evalsha(script.sha, len(keys), *keys, *args),  # type: ignore[arg-type]
+            )
         except rex.ResponseError as exc:
             if thread_id is not None and not isinstance(exc, rex.ReadOnlyError):
                 raise self._typed(thread_id, exc) from exc

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import redis
 from agents_persistence.config.settings import Settings, redact_url
-from agents_persistence.errors import FlushTimeout
+from agents_persistence.errors import FlushTimeout, PersistenceError
 from agents_persistence.models import AgentStateSnapshot
 from agents_persistence.redis_store import RedisCheckpointer
 from agents_persistence.tasks.cli.fleet import (
@@ -181,7 +181,7 @@ class _Demo:
         )
         store = RedisCheckpointer.from_settings(demo)
         self.stack.callback(store.close)
-        store.retry.call("ping", store.client.ping)
+        store.ping()
         if external or demo.broker_url is not None:  # not a throwaway embedded server
             self.stack.callback(_remove_demo_queue, demo)  # of no use after the run
         if not options.keep:
@@ -267,17 +267,13 @@ def _remove_demo_keys(
     store: RedisCheckpointer, thread_ids: list[str], *, whole_namespace: bool
 ) -> None:
     """Delete what the demo wrote: its own namespace, or only its threads in a given one."""
-    client, keys = store.client, store.keys
     try:
         if whole_namespace:
-            doomed = list(client.scan_iter(match=keys.pattern, count=1000))
+            store.drop_namespace()
         else:
-            doomed = [keys.thread(tid) for tid in thread_ids]
-            client.zrem(keys.index, *thread_ids)
-        for i in range(0, len(doomed), 500):
-            client.unlink(*doomed[i : i + 500])
-    except redis.exceptions.RedisError as exc:
-        logger.error("could not remove the demo's keys from %s: %s", keys.namespace, exc)
+            store.purge_threads(thread_ids)
+    except (redis.exceptions.RedisError, PersistenceError) as exc:
+        logger.error("could not remove the demo's keys from %s: %s", store.namespace, exc)
 
 
 def _remove_demo_queue(settings: Settings) -> None:

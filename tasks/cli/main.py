@@ -13,7 +13,6 @@ import sys
 from typing import Literal
 
 import click
-import redis
 from agents_persistence.config.settings import redact_url
 from agents_persistence.tasks.cli.context import CliGroup, Context, fail, pass_context
 from agents_persistence.tasks.cli.demo import DemoOptions, run_demo
@@ -130,7 +129,7 @@ def stats(obj: Context) -> None:
     """Threads, dead letters, keys of the namespace, and the server's memory."""
     store, settings = obj.store, obj.settings
     live, expired = store.count_threads()
-    keys = sum(1 for _ in store.client.scan_iter(match=store.keys.pattern, count=1000))
+    keys = store.key_count()
     table = Table(title=f"namespace {settings.namespace}", show_header=False)
     table.add_column(style="bold")
     table.add_column(justify="right")
@@ -141,15 +140,15 @@ def stats(obj: Context) -> None:
         ("dead letters", str(obj.dead_letters.count())),
         ("keys in namespace", str(keys)),
     ]
-    try:
-        info = store.client.info()
+    info = store.server_info()
+    if info:
         rows += [
             ("redis version", str(info.get("redis_version", "?"))),
             ("redis memory", str(info.get("used_memory_human", "?"))),
             ("maxmemory-policy", str(info.get("maxmemory_policy", "?"))),
             ("aof_enabled", str(info.get("aof_enabled", "?"))),
         ]
-    except redis.exceptions.ResponseError:  # a server without INFO (fakeredis)
+    else:  # a server without INFO (fakeredis)
         rows.append(("redis memory", "n/a (INFO not supported)"))
     for name, value in rows:
         table.add_row(name, escape(value))

@@ -118,9 +118,7 @@ class CeleryCheckpointer:
         self.settings = settings
         self.store = store
         self.app = app if app is not None else create_app(settings, store=store)
-        self.namespace = store.namespace if isinstance(store, RedisCheckpointer) else (
-            settings.namespace
-        )  # fmt: skip
+        self.namespace = store.namespace
         self.mode = mode if mode is not None else settings.handoff_mode
         self._eager = bool(self.app.conf.task_always_eager)
         self._outbox: dict[str, _Outgoing] = {}

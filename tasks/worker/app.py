@@ -10,11 +10,7 @@ from agents_persistence.base import BaseCheckpointer
 from agents_persistence.config.settings import Settings
 from agents_persistence.redis_store import RedisCheckpointer
 from agents_persistence.tasks.protocol.names import CLEANUP_TASK
-from agents_persistence.tasks.worker.dead_letters import (
-    DeadLetters,
-    MemoryDeadLetters,
-    RedisDeadLetters,
-)
+from agents_persistence.tasks.worker.dead_letters import DeadLetters
 from celery import Celery
 
 __all__ = ["PersistenceApp", "celery_config", "create_app"]
@@ -130,16 +126,8 @@ class PersistenceApp(Celery):
 
     @cached_property
     def dead_letters(self) -> DeadLetters:
-        """Where permanently failed hand-offs go (a list in the store's Redis)."""
-        store = self.store
-        if isinstance(store, RedisCheckpointer):
-            return RedisDeadLetters(
-                store.client,
-                store.keys.dead_letters,
-                max_length=self.settings.dead_letter_max_length,
-                retry=store.retry,
-            )
-        return MemoryDeadLetters(max_length=self.settings.dead_letter_max_length)
+        """Where permanently failed hand-offs go (the store's dead-letter list)."""
+        return DeadLetters(self.store.dead_letter_list(self.settings.dead_letter_max_length))
 
 
 def create_app(

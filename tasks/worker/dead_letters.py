@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import time
 import uuid
-from abc import ABC, abstractmethod
-from collections import deque
 from typing import Any
 
 import orjson
 import redis
+from agents_persistence.lists import BoundedList, MemoryList, RedisList
 from agents_persistence.retry import RetryPolicy
 
 __all__ = ["DeadLetters", "MemoryDeadLetters", "RedisDeadLetters", "encode_entry", "make_entry"]
@@ -67,109 +65,56 @@ def _escape(value: Any) -> Any:
     return value
 
 
-class DeadLetters(ABC):
-    """A bounded list of failed hand-offs."""
+class DeadLetters:
+    """A bounded list of failed hand-offs: JSON entries over the store's
+    :meth:`~agents_persistence.base.BaseCheckpointer.dead_letter_list`."""
 
-    @abstractmethod
+    def __init__(self, entries: BoundedList) -> None:
+        self.entries = entries
+
+    @property
+    def max_length(self) -> int:
+        """How many entries are kept at most (the oldest fall off)."""
+        return self.entries.max_length
+
     def push(self, entry: dict[str, Any]) -> None:
         """Add an entry (newest first)."""
+        self.entries.push(encode_entry(entry))
 
-    @abstractmethod
     def list(self, limit: int = 100) -> list[dict[str, Any]]:
         """Up to ``limit`` entries, newest first."""
+        return [orjson.loads(raw) for raw in self.entries.newest(limit)]
 
-    @abstractmethod
     def remove(self, entry_id: str) -> dict[str, Any] | None:
         """Take the entry with ``entry_id`` out and return it (None if absent)."""
+        for raw in self.entries.newest(self.entries.max_length):
+            entry: dict[str, Any] = orjson.loads(raw)
+            if entry.get("id") == entry_id:
+                return entry if self.entries.remove(raw) else None
+        return None
 
-    @abstractmethod
     def count(self) -> int:
         """How many entries are kept."""
+        return self.entries.count()
 
-    @abstractmethod
     def purge(self) -> int:
         """Drop every entry; returns how many."""
+        return self.entries.clear()
 
 
 class RedisDeadLetters(DeadLetters):
-    """Dead letters in a Redis list (LPUSH + LTRIM in one transaction)."""
+    """Dead letters in the Redis list ``key`` (LPUSH + LTRIM in one transaction)."""
 
     def __init__(
         self, client: redis.Redis, key: str, *, max_length: int, retry: RetryPolicy
     ) -> None:
-        self.client, self.key, self.max_length, self.retry = client, key, max_length, retry
-
-    def push(self, entry: dict[str, Any]) -> None:
-        raw = encode_entry(entry)
-
-        def _push() -> None:
-            pipe = self.client.pipeline(transaction=True)
-            pipe.lpush(self.key, raw)
-            pipe.ltrim(self.key, 0, self.max_length - 1)
-            pipe.execute()
-
-        self.retry.call("dead-letter", _push)
-
-    def _raw(self, limit: int) -> list[bytes]:
-        raw = self.retry.call("dead-letter", self.client.lrange, self.key, 0, limit - 1)
-        return [bytes(item) if not isinstance(item, str) else item.encode() for item in raw]
-
-    def list(self, limit: int = 100) -> list[dict[str, Any]]:
-        return [orjson.loads(raw) for raw in self._raw(limit)]
-
-    def remove(self, entry_id: str) -> dict[str, Any] | None:
-        for raw in self._raw(self.max_length):
-            entry: dict[str, Any] = orjson.loads(raw)
-            if entry.get("id") == entry_id:
-                removed = self.retry.call(
-                    "dead-letter",
-                    self.client.lrem,
-                    self.key,
-                    1,
-                    raw,  # type: ignore[arg-type]
-                )
-                return entry if removed else None
-        return None
-
-    def count(self) -> int:
-        return int(self.retry.call("dead-letter", self.client.llen, self.key))
-
-    def purge(self) -> int:
-        pipe = self.client.pipeline(transaction=True)
-        pipe.llen(self.key)
-        pipe.delete(self.key)
-        n, _ = self.retry.call("dead-letter", pipe.execute)
-        return int(n)
+        super().__init__(
+            RedisList(client, key, max_length=max_length, retry=retry, name="dead-letter")
+        )
 
 
 class MemoryDeadLetters(DeadLetters):
-    """Dead letters in process memory (for an :class:`InMemoryCheckpointer` store)."""
+    """Dead letters in process memory."""
 
     def __init__(self, *, max_length: int) -> None:
-        self._items: deque[dict[str, Any]] = deque(maxlen=max_length)
-        self._lock = threading.Lock()
-
-    def push(self, entry: dict[str, Any]) -> None:
-        with self._lock:
-            self._items.appendleft(orjson.loads(encode_entry(entry)))
-
-    def list(self, limit: int = 100) -> list[dict[str, Any]]:
-        with self._lock:
-            return list(self._items)[:limit]
-
-    def remove(self, entry_id: str) -> dict[str, Any] | None:
-        with self._lock:
-            for entry in self._items:
-                if entry.get("id") == entry_id:
-                    self._items.remove(entry)
-                    return entry
-        return None
-
-    def count(self) -> int:
-        return len(self._items)
-
-    def purge(self) -> int:
-        with self._lock:
-            n = len(self._items)
-            self._items.clear()
-            return n
+        super().__init__(MemoryList(max_length))

@@ -74,7 +74,7 @@ class Backend:
 
 
 def _memory(namespace: str, **kwargs: Any) -> BaseCheckpointer:
-    return InMemoryCheckpointer(**kwargs)
+    return InMemoryCheckpointer(namespace=namespace, **kwargs)
 
 
 def _open(
