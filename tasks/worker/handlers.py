@@ -39,8 +39,9 @@ from agents_persistence.tasks.protocol.names import (
     SAVE_TASK,
 )
 from agents_persistence.tasks.worker.dead_letters import make_entry
+from billiard.einfo import ExceptionWithTraceback  # type: ignore[attr-defined]
 from celery import Task
-from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
+from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded, Terminated
 from celery.worker.request import Request
 from celery.worker.state import task_ready
 
@@ -70,8 +71,14 @@ class GiveBackRequest(Request):
     def on_failure(
         self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
     ) -> None:
-        exc = getattr(exc_info.exception, "exc", exc_info.exception)
-        undecided = isinstance(exc, Exception) and not isinstance(exc, (*_DECIDED, MemoryError))
+        exc = exc_info.exception
+        # Unwrap only billiard's wrapper (as Celery does): a Retry carries the error that
+        # caused it in ``exc`` too, and unwrapping that would requeue a message whose retry
+        # was published, so it would never run out of retries.
+        if isinstance(exc, ExceptionWithTraceback):
+            exc = exc.exc
+        passed_on = (*_DECIDED, Terminated, MemoryError)
+        undecided = isinstance(exc, Exception) and not isinstance(exc, passed_on)
         if undecided and self.task.acks_late and not self.acknowledged:
             task_ready(self)
             logger.error(

@@ -16,6 +16,7 @@ Real time limits and real redeliveries are proved by the fault suite's worker pr
 from __future__ import annotations
 
 import os
+import pickle
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -36,7 +37,7 @@ from agents_persistence.tasks.worker.app import PersistenceApp, create_app
 from agents_persistence.tasks.worker.handlers import GiveBackRequest, PersistenceTask
 from billiard.einfo import ExceptionInfo
 from celery.canvas import Signature
-from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.exceptions import SoftTimeLimitExceeded, Terminated, TimeLimitExceeded
 from celery.utils.imports import symbol_by_name
 from kombu.exceptions import OperationalError
 from kombu.message import Message
@@ -81,7 +82,9 @@ class Channel:
 
 
 class InlinePool:
-    """Runs the pool's job in this process, as a prefork child would, then calls back."""
+    """Runs the pool's job in this process, as a prefork child would, then calls back with
+    the result pickled and unpickled, as it crosses from the child to the main process (an
+    exception arrives bare there, not wrapped in ``ExceptionWithTraceback``)."""
 
     def __init__(self, app: PersistenceApp) -> None:
         self.app = app
@@ -96,7 +99,7 @@ class InlinePool:
     ) -> None:
         if accept_callback is not None:
             accept_callback(os.getpid(), time.monotonic())
-        result = target(*args, app=self.app)
+        result = pickle.loads(pickle.dumps(target(*args, app=self.app)))
         assert callback is not None
         callback(result)
 
@@ -342,6 +345,12 @@ def test_an_error_escaping_a_task_gives_the_message_back(world: World) -> None:
     request = world.request(SAVE_TASK, world.save_kwargs("t-1", 5))
     request.on_failure(_exc_info(RuntimeError("in Celery's own call")))
     assert request.channel.given_back
+
+    # A task an operator terminated (revoke --terminate) keeps Celery's handling: revoked
+    # means discarded, so the message is acked, not requeued.
+    terminated = world.request(SAVE_TASK, world.save_kwargs("t-1", 5))
+    terminated.on_failure(_exc_info(Terminated(15)))
+    assert terminated.channel.acked
 
 
 def test_a_hard_time_limit_gives_the_message_back(world: World) -> None:
