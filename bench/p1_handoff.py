@@ -18,6 +18,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import redis
 from agents_persistence import AgentStateSnapshot, RedisCheckpointer
 from agents_persistence.config.settings import Settings
 from agents_persistence.tasks import SAVE_TASK, CeleryCheckpointer, PersistenceApp, create_app
@@ -45,7 +46,7 @@ def run(ctx: Context) -> Section:
     buffered = CeleryCheckpointer(store, app, settings=settings, mode="buffered")
     publisher = buffered._publisher
     assert publisher is not None
-    client = store.client
+    client = redis.Redis.from_url(ctx.redis_url)  # the broker's queue, not the store
 
     def drain() -> None:
         publisher.flush(120)
@@ -94,7 +95,8 @@ def run(ctx: Context) -> Section:
     finally:
         buffered.close(60)
         client.delete(settings.queue)
-        _delete_namespace(store)
+        client.close()
+        store.drop_namespace()
         store.close()
     return sec
 
@@ -128,15 +130,3 @@ def _variants(  # noqa: PLR0917 - a private helper of run()
         "send_task": bare_send,
         "direct": direct_save,
     }
-
-
-def _delete_namespace(store: RedisCheckpointer) -> None:
-    client = store.client
-    batch: list[bytes] = []
-    for key in client.scan_iter(match=store.keys.pattern, count=1000):
-        batch.append(key)
-        if len(batch) >= 1000:
-            client.delete(*batch)
-            batch.clear()
-    if batch:
-        client.delete(*batch)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import redis
 from agents_persistence import AgentStateSnapshot, RedisCheckpointer
 from agents_persistence.config.settings import Settings
+from agents_persistence.keys import Keys
 from agents_persistence.tasks import CeleryCheckpointer, create_app
 from agents_persistence.tasks.client.sender import TaskSender
 from agents_persistence.tasks.protocol.messages import save_message
@@ -97,7 +98,8 @@ def _redis_cpu(client: redis.Redis) -> float:
 def _ours(ctx: Context, url: str, state: AgentStateSnapshot, n: int, tag: str) -> tuple[Run, Run]:
     settings = Settings(redis_url=url, namespace=f"bench-p2-{tag}", queue=f"bench-p2-{tag}-q")
     store = RedisCheckpointer.from_settings(settings)
-    client = store.client
+    client = redis.Redis.from_url(url)  # to watch the queue and the index as they fill
+    index = Keys(settings.namespace).index
     app = create_app(settings, store=store)
     producer = CeleryCheckpointer(store, app, settings=settings, mode="buffered")
     ctx.start(f"P2 ours ({tag})", 3 * n)
@@ -110,7 +112,7 @@ def _ours(ctx: Context, url: str, state: AgentStateSnapshot, n: int, tag: str) -
         pgid = proc.pid
         t0 = _wait(lambda: int(client.llen(settings.queue)) < queued, 120, 0.001)
         cpu0, rcpu0 = _group_cpu(pgid), _redis_cpu(client)
-        t1 = _wait(lambda: int(client.zcard(store.keys.index)) >= n, 600)
+        t1 = _wait(lambda: int(client.zcard(index)) >= n, 600)
         drain = Run(n, t1 - t0, _group_cpu(pgid) - cpu0, _redis_cpu(client) - rcpu0)
         ctx.advance(n)
         _check(store, versions, app.dead_letters.count())
@@ -125,6 +127,7 @@ def _ours(ctx: Context, url: str, state: AgentStateSnapshot, n: int, tag: str) -
         ctx.advance(n)
         _check(store, more, app.dead_letters.count())
     producer.close()
+    client.close()
     store.close()
     return drain, e2e
 
@@ -132,7 +135,7 @@ def _ours(ctx: Context, url: str, state: AgentStateSnapshot, n: int, tag: str) -
 def _floor(ctx: Context, url: str, state: AgentStateSnapshot, n: int, tag: str) -> Run:
     settings = Settings(redis_url=url, namespace=f"bench-p2-{tag}", queue=f"bench-p2-{tag}-noop")
     store = RedisCheckpointer.from_settings(settings)
-    client = store.client
+    client = redis.Redis.from_url(url)  # to watch the queue drain
     app = create_app(settings, store=store)
     ctx.start(f"P2 no-op floor ({tag})", n)
     sender = TaskSender(app, settings.queue, {"max_retries": 3})
@@ -148,13 +151,14 @@ def _floor(ctx: Context, url: str, state: AgentStateSnapshot, n: int, tag: str) 
         )
         run = Run(n, t1 - t0, _group_cpu(w.pid) - cpu0, _redis_cpu(client) - rcpu0)
     ctx.advance(n)
+    client.close()
     store.close()
     return run
 
 
 def _limits(ctx: Context, url: str, state: AgentStateSnapshot, n: int) -> tuple[Run, Run]:
     store = RedisCheckpointer.from_url(url, namespace="bench-p2-core")
-    client = store.client
+    client = redis.Redis.from_url(url)  # the raw-write baseline: no store in between
     ctx.start("P2 limits", 2 * n)
     body = _SER.to_json(state)
     t0 = time.perf_counter()
@@ -172,6 +176,7 @@ def _limits(ctx: Context, url: str, state: AgentStateSnapshot, n: int) -> tuple[
         store.save_many(saves[start : start + 100])
     core = Run(n, time.perf_counter() - t0)
     ctx.advance(n)
+    client.close()
     store.close()
     return raw, core
 

@@ -15,6 +15,7 @@ import os
 from functools import partial
 
 import orjson
+import redis
 from agents_persistence import AgentStateSnapshot, RedisCheckpointer
 from agents_persistence.codec import Codec
 
@@ -44,7 +45,7 @@ def run(ctx: Context) -> Section:
     plain = RedisCheckpointer.from_url(
         ctx.redis_url, namespace=f"{ns}-plain", codec=Codec(compress_threshold=None)
     )
-    client = default.client
+    client = redis.Redis.from_url(ctx.redis_url)  # the raw baseline: no store in between
     raw_key, raw_index = f"{ns}-raw:thread:t", f"{ns}-raw:index"
     worst_save = worst_load = 0.0
     try:
@@ -125,8 +126,9 @@ def run(ctx: Context) -> Section:
         )
     finally:
         for store in (default, plain):
-            store.client.delete(store.keys.thread("t"), store.keys.index, store.keys.staging)
+            store.drop_namespace()
         client.delete(raw_key, raw_index)
+        client.close()
         default.close()
         plain.close()
     return sec

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import redis
 from agents_persistence import AgentStateSnapshot, RedisCheckpointer
 from agents_persistence.codec import Codec
 from agents_persistence.config.settings import Settings
@@ -100,9 +101,11 @@ def run(ctx: Context) -> Section:
     sqlite = SqliteSaver(sqlite_conn)
     threads: list[str] = []
 
+    broker = redis.Redis.from_url(ctx.redis_url)  # the queue, not the store
+
     def drain() -> None:
         publisher.flush(120)
-        store.client.delete(settings.queue)
+        broker.delete(settings.queue)
 
     try:
         with PostgresSaver.from_conn_string(ctx.postgres_dsn) as pg:
@@ -136,13 +139,10 @@ def run(ctx: Context) -> Section:
                 pg.delete_thread(tid)
     finally:
         buffered.close(60)
-        store.client.delete(settings.queue)
-        for tid in threads:
-            store.client.delete(store.keys.thread(tid))
-        store.client.delete(store.keys.index, store.keys.staging)
-        for tid in threads:
-            plain.client.delete(plain.keys.thread(tid))
-        plain.client.delete(plain.keys.index, plain.keys.staging)
+        broker.delete(settings.queue)
+        broker.close()
+        store.drop_namespace()
+        plain.drop_namespace()
         plain.close()
         sqlite_conn.close()
         for f in tmp.iterdir():

@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 import time
 
+import redis
 from agents_persistence import AgentStateSnapshot, RedisCheckpointer
 from agents_persistence.codec import Codec
+from agents_persistence.keys import Keys
 
 from bench.common import SIZES, Context, Section, label, snapshot
 
@@ -48,17 +50,18 @@ def run(ctx: Context) -> Section:
                 ctx.redis_url, namespace=f"{ns}-{size}-{threshold}",
                 codec=Codec(compress_threshold=threshold),
             )  # fmt: skip
-            client = store.client
+            client = redis.Redis.from_url(ctx.redis_url)  # MEMORY USAGE of our own keys
+            layout = Keys(store.namespace)
             times = []
             for i, state in enumerate(states):
                 t0 = time.perf_counter()
                 store.save_state(f"t{i}", state)
                 times.append(time.perf_counter() - t0)
                 ctx.advance(1)
-            keys = [store.keys.thread(f"t{i}") for i in range(count)]
+            keys = [layout.thread(f"t{i}") for i in range(count)]
             used = [int(client.memory_usage(k, samples=0) or 0) for k in keys]
             stored = [int(client.strlen(k)) for k in keys]
-            index = int(client.memory_usage(store.keys.index, samples=0) or 0) / count
+            index = int(client.memory_usage(layout.index, samples=0) or 0) / count
             per = sum(used) / count + index
             times.sort()
             sec.add(**{
@@ -67,7 +70,8 @@ def run(ctx: Context) -> Section:
                 "vs JSON": f"{per / json_len:.2f}x",
                 "save p50": f"{times[count // 2] * 1e3:.2f} ms", "_bytes": per,
             })  # fmt: skip
-            client.delete(*keys, store.keys.index)
+            store.drop_namespace()
+            client.close()
             store.close()
     sec.notes.append(
         "Redis memory / snapshot = MEMORY USAGE of the record + the thread's share of the "
