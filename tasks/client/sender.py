@@ -1,17 +1,17 @@
-"""Publishing the layer's task messages: the same message ``app.send_task`` builds, for less.
+"""Publishing the layer's task messages: the message ``app.send_task`` builds, for less.
 
 ``send_task`` spends most of a hand-off on work that never changes between saves: routing,
 merging the retry policy, ``saferepr`` of a payload of up to megabytes for the
 ``kwargsrepr`` header, and kombu's stdlib JSON encoder escaping the nested snapshot JSON.
-:class:`TaskSender` resolves the route once, writes a short ``kwargsrepr``, encodes the
-body with orjson (still ``application/json``; workers decode it as any Celery JSON
-message), and publishes through the app's producer pool with the same retry policy,
-delivery mode and queue declaration. Messages are Celery protocol 2, so every worker reads
-them unchanged.
+:class:`TaskSender` resolves the route once and writes a short ``kwargsrepr``; the message
+itself (headers, properties, the sent event) is built and published by Celery's own
+``app.amqp.create_task_message`` and ``app.amqp.send_task_message``, as ``send_task`` does,
+with only the body encoded beforehand by orjson (still ``application/json``).
+``tests/unit/test_sender.py`` proves the two publish the same message.
 
 When anything is connected to Celery's publish signals (``before_task_publish``,
-``after_task_publish``, ``task_sent``), or the app speaks another protocol, it simply calls
-``app.send_task``, so hooks (tracing, auditing) still see every message.
+``after_task_publish``, ``task_sent``), it simply calls ``app.send_task``, so hooks (tracing,
+auditing) see every message as they would otherwise (the body as a tuple, not bytes).
 """
 
 from __future__ import annotations
@@ -21,12 +21,9 @@ from typing import Any
 
 import orjson
 from celery import Celery, signals
-from celery.utils.nodenames import anon_nodename
 from kombu.utils.uuid import uuid
 
 __all__ = ["TaskSender"]
-
-_EMBED: dict[str, Any] = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
 def _hooked() -> bool:
@@ -59,12 +56,7 @@ class TaskSender:
         self.queue_name = queue
         self.retry_policy = dict(retry_policy)
         self.timeout = timeout
-        conf = app.conf
-        self._lean = int(conf.task_protocol) == 2
-        self._policy = {**(conf.task_publish_retry_policy or {}), **self.retry_policy}
-        self._origin = anon_nodename()
         self._queue: Any = None
-        self._delivery_mode: Any = None
 
     def send(self, name: str, kwargs: dict[str, Any], kwargsrepr: str) -> None:
         """Publish task ``name`` with ``kwargs``; returns once the broker accepted it.
@@ -73,56 +65,42 @@ class TaskSender:
             kombu.exceptions.OperationalError, OSError: the broker did not accept it
                 within the retry policy (as ``send_task`` raises).
         """
-        if not self._lean or _hooked():
+        if _hooked():
             self._send_task(name, kwargs, kwargsrepr)
             return
+        app, amqp = self.app, self.app.amqp
+        # What send_task passes for a plain call of a task without options of its own.
+        message = amqp.create_task_message(
+            uuid(),
+            name,
+            (),
+            kwargs,
+            reply_to=app.thread_oid,
+            create_sent_event=app.conf.task_send_sent_event,
+            ignore_result=True,
+            argsrepr="()",
+            kwargsrepr=kwargsrepr,
+        )
         try:
-            body = orjson.dumps(((), kwargs, _EMBED))
+            body = orjson.dumps(message.body)
         except orjson.JSONEncodeError:  # e.g. a lone surrogate: let kombu's encoder decide
             self._send_task(name, kwargs, kwargsrepr)
             return
         if self._queue is None:
-            self._queue = self.app.amqp.queues[self.queue_name]
-            mode = self._queue.exchange.delivery_mode
-            self._delivery_mode = mode or self.app.conf.task_default_delivery_mode
-        task_id = uuid()
-        headers: dict[str, Any] = {
-            "lang": "py",
-            "task": name,
-            "id": task_id,
-            "shadow": None,
-            "eta": None,
-            "expires": None,
-            "group": None,
-            "group_index": None,
-            "retries": 0,
-            "timelimit": [None, None],
-            "root_id": task_id,
-            "parent_id": None,
-            "argsrepr": "()",
-            "kwargsrepr": kwargsrepr,
-            "origin": self._origin,
-            "ignore_result": True,
-            "replaced_task_nesting": 0,
-            "stamped_headers": None,
-            "stamps": {},
-        }
-        with self.app.producer_or_acquire() as producer:
-            producer.publish(
-                body,
-                exchange="",
-                routing_key=self.queue_name,
-                content_type="application/json",
-                content_encoding="utf-8",
-                headers=headers,
-                delivery_mode=self._delivery_mode,
-                correlation_id=task_id,
-                reply_to="",
+            self._queue = amqp.queues[self.queue_name]
+        with app.producer_or_acquire() as producer:
+            amqp.send_task_message(
+                producer,
+                name,
+                message._replace(body=body),
+                queue=self._queue,
                 retry=True,
-                retry_policy=self._policy,
-                declare=[self._queue],
+                retry_policy=self.retry_policy,
                 timeout=self.timeout,
                 confirm_timeout=self.timeout,
+                kwargsrepr=kwargsrepr,
+                content_type="application/json",
+                content_encoding="utf-8",
             )
 
     def _send_task(self, name: str, kwargs: dict[str, Any], kwargsrepr: str) -> None:

@@ -1,0 +1,159 @@
+"""TaskSender publishes exactly what ``app.send_task`` publishes for the same call.
+
+Both paths publish to an in-memory broker; the messages are then read back as the broker
+holds them (headers, properties, content type, decoded body) and the ``task-sent`` events
+are captured, so a Celery upgrade that changes the message cannot make them diverge
+silently. Only what differs per message (task ids, event clocks and times) is normalised.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+from unittest import mock
+
+import kombu
+import pytest
+from agents_persistence.config.settings import Settings
+from agents_persistence.tasks.client.sender import TaskSender
+from agents_persistence.tasks.protocol.names import SAVE_TASK
+from agents_persistence.tasks.worker.app import PersistenceApp, create_app
+from celery import signals
+
+pytestmark = pytest.mark.unit
+
+Captured = dict[str, Any]
+
+
+@pytest.fixture
+def app() -> Iterator[PersistenceApp]:
+    queue = f"t-sender-{uuid.uuid4().hex[:8]}"
+    app = create_app(Settings(_env_file=None, broker_url="memory://", queue=queue))  # type: ignore[call-arg]
+    try:
+        yield app
+    finally:
+        app.close()
+
+
+def _publish(
+    app: PersistenceApp, send: str, kwargs: dict[str, Any], kwargsrepr: str
+) -> tuple[Captured, list[Captured]]:
+    """Send once (``send``: ``lean`` or ``send_task``); the message as the broker holds it and
+    the events published with it."""
+    events: list[Captured] = []
+    publish = kombu.Producer.publish
+
+    def spy(producer: kombu.Producer, body: Any, **options: Any) -> Any:
+        if options.get("exchange") == "celeryev":
+            events.append({"body": dict(body), "options": options})
+        return publish(producer, body, **options)
+
+    sender = TaskSender(app, app.settings.queue, {"max_retries": 2}, timeout=3.0)
+    with mock.patch.object(kombu.Producer, "publish", spy):
+        if send == "lean":
+            sender.send(SAVE_TASK, kwargs, kwargsrepr)
+        else:
+            sender._send_task(SAVE_TASK, kwargs, kwargsrepr)
+    with app.connection_for_write() as conn:
+        message = conn.default_channel.basic_get(app.settings.queue, no_ack=True)
+        assert message is not None, "nothing was published"
+        assert conn.default_channel.basic_get(app.settings.queue, no_ack=True) is None
+    return _normalised(message), [_normalised_event(e) for e in events]
+
+
+def _normalised(message: Any) -> Captured:
+    task_id = message.headers["id"]
+    properties = {k: v for k, v in message.properties.items() if k != "delivery_tag"}
+    return {
+        "headers": {**message.headers, "id": "ID", "root_id": _same(message.headers, task_id)},
+        "properties": {
+            **properties,
+            "correlation_id": _same(properties, task_id, "correlation_id"),
+        },
+        "content_type": message.content_type,
+        "content_encoding": message.content_encoding,
+        "body": message.decode(),
+        "delivery_info": message.delivery_info,
+    }
+
+
+def _same(fields: dict[str, Any], task_id: str, key: str = "root_id") -> str:
+    assert fields[key] == task_id
+    return "ID"
+
+
+def _normalised_event(event: Captured) -> Captured:
+    body = dict(event["body"])
+    assert body["uuid"] == body["root_id"]
+    for varying in ("uuid", "root_id", "clock", "timestamp"):
+        body[varying] = varying.upper()
+    options = {k: v for k, v in event["options"].items() if k != "declare"}
+    options["declare"] = [str(d) for d in event["options"].get("declare") or ()]
+    return {"body": body, "options": options}
+
+
+_CALLS = [
+    pytest.param({"namespace": "ns", "thread_id": "t-1", "version": 7, "state": "{}"}, id="small"),
+    pytest.param(
+        {
+            "namespace": "ns",
+            "thread_id": "t-ü",
+            "version": 2**62,
+            "state": '{"files":{"a.txt":"x\\"y\\u2028 ✓"},"scratchpad":{"n":[1,2.5,null]}}',
+        },
+        id="nested-json-unicode",
+    ),
+    pytest.param(
+        {"namespace": "ns", "saves": [{"thread_id": f"t{i}", "version": i} for i in range(3)]},
+        id="batch",
+    ),
+]
+
+
+@pytest.mark.parametrize("kwargs", _CALLS)
+def test_the_lean_path_publishes_what_send_task_publishes(
+    app: PersistenceApp, kwargs: dict[str, Any]
+) -> None:
+    kwargsrepr = f"{{'namespace': 'ns', ...}} ({len(str(kwargs))} chars)"
+    reference, reference_events = _publish(app, "send_task", kwargs, kwargsrepr)
+    lean, lean_events = _publish(app, "lean", kwargs, kwargsrepr)
+    assert lean == reference
+    assert lean_events == reference_events
+    assert lean["body"] == [[], kwargs, {"callbacks": None, "errbacks": None, "chain": None,
+                                         "chord": None}]  # fmt: skip
+
+
+@pytest.mark.parametrize("sent_event", [True, False])
+def test_sent_events_follow_the_setting_on_both_paths(
+    app: PersistenceApp, sent_event: bool
+) -> None:
+    app.conf.task_send_sent_event = sent_event
+    kwargs = {"namespace": "ns", "thread_id": "t", "version": 1, "state": "{}"}
+    for send in ("send_task", "lean"):
+        _, events = _publish(app, send, kwargs, "{...}")
+        assert [e["body"]["type"] for e in events] == (["task-sent"] if sent_event else [])
+
+
+def test_a_publish_hook_gets_send_task_itself(app: PersistenceApp) -> None:
+    seen: list[Any] = []
+
+    def hook(sender: str, body: Any, **extra: Any) -> None:
+        seen.append(body)
+
+    signals.before_task_publish.connect(hook)
+    try:
+        kwargs = {"namespace": "ns", "thread_id": "t", "version": 1, "state": "{}"}
+        message, _ = _publish(app, "lean", kwargs, "{...}")
+    finally:
+        signals.before_task_publish.disconnect(hook)
+    assert len(seen) == 1
+    assert isinstance(seen[0], tuple), "hooks see the body as send_task gives it"
+    assert message["body"][1] == kwargs
+
+
+def test_what_orjson_refuses_goes_through_send_task(app: PersistenceApp) -> None:
+    kwargs = {"namespace": "ns", "thread_id": "t", "version": 1, "state": '{"x":"\udc80"}'}
+    with mock.patch.object(TaskSender, "_send_task", autospec=True) as fallback:
+        TaskSender(app, app.settings.queue, {}).send(SAVE_TASK, kwargs, "{...}")
+    fallback.assert_called_once()
