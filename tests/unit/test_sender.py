@@ -29,7 +29,7 @@ Captured = dict[str, Any]
 @pytest.fixture
 def app() -> Iterator[PersistenceApp]:
     queue = f"t-sender-{uuid.uuid4().hex[:8]}"
-    app = create_app(Settings(_env_file=None, broker_url="memory://", queue=queue))  # type: ignore[call-arg]
+    app = create_app(Settings(_env_file=None, broker_url="memory://", queue=queue))
     try:
         yield app
     finally:
@@ -56,9 +56,10 @@ def _publish(
         else:
             sender._send_task(SAVE_TASK, kwargs, kwargsrepr)
     with app.connection_for_write() as conn:
-        message = conn.default_channel.basic_get(app.settings.queue, no_ack=True)
+        channel: Any = conn.default_channel
+        message = channel.basic_get(app.settings.queue, no_ack=True)
         assert message is not None, "nothing was published"
-        assert conn.default_channel.basic_get(app.settings.queue, no_ack=True) is None
+        assert channel.basic_get(app.settings.queue, no_ack=True) is None
     return _normalised(message), [_normalised_event(e) for e in events]
 
 
