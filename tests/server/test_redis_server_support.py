@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -132,3 +134,34 @@ def test_a_failed_start_reports_the_log() -> None:
         assert not server.running
     finally:
         server.close()
+
+
+def test_version_is_the_servers(redis_server: RedisServer) -> None:
+    info = redis_server.client().info("server")
+    assert redis_server.version == info["redis_version"]
+
+
+@pytest.mark.parametrize("die_with_parent", [False, True])
+def test_a_server_started_from_a_thread_outlives_it_unless_linked(
+    redis_server_factory: Factory, die_with_parent: bool
+) -> None:
+    """Fault tests restart servers from helper threads: those servers must outlive the
+    thread. Only the demo's (started from its main thread) is linked to its starter.
+    (``redis_server_factory``: skips without a binary, marks the test ``redis``.)"""
+    server = RedisServer(die_with_parent=die_with_parent)
+    try:
+        starter = threading.Thread(target=server.start)
+        starter.start()
+        starter.join(30)
+        pid = server.pid
+        if die_with_parent:
+            deadline = time.monotonic() + 10
+            while process_exists(pid) and server.running:
+                assert time.monotonic() < deadline, "the linked server outlived its thread"
+                time.sleep(0.02)
+        else:
+            assert server.client().ping()
+            assert server.running
+    finally:
+        server.close()
+    assert not process_exists(pid)

@@ -60,3 +60,39 @@ def test_round_trip_counter() -> None:
     assert counter.round_trips == 2
     counter.reset()
     assert (counter.round_trips, counter.log) == (0, [])
+
+
+def test_tests_use_the_one_harness() -> None:
+    from agents_persistence.tasks.devtools import celery_process, redis_server
+
+    from tests.support import RedisServer, RedisServerError, celery_worker, find_redis_server
+
+    assert RedisServer is redis_server.RedisServer
+    assert RedisServerError is redis_server.RedisServerError
+    assert find_redis_server is redis_server.find_redis_server
+    assert issubclass(celery_worker.CeleryWorker, celery_process.CeleryWorker)
+    assert issubclass(celery_worker.CeleryBeat, celery_process.CeleryBeat)
+    assert celery_worker.CeleryProcessError is celery_process.CeleryProcessError
+    assert celery_worker.CeleryWorker.default_cwd == celery_worker.REPO_ROOT
+
+
+def test_settings_env_and_clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import SecretStr
+
+    from tests.support.celery_worker import clean_environ, settings_env
+
+    env = settings_env(
+        redis_url=SecretStr("redis://:pw@h/0"), eager=True, ttl_seconds=None, queue="q"
+    )
+    assert env == {
+        "AGENTS_PERSISTENCE_REDIS_URL": "redis://:pw@h/0",
+        "AGENTS_PERSISTENCE_EAGER": "true",
+        "AGENTS_PERSISTENCE_QUEUE": "q",
+    }
+    monkeypatch.setenv("AGENTS_PERSISTENCE_NAMESPACE", "from-the-shell")
+    monkeypatch.setenv("CELERY_BROKER_URL", "amqp://elsewhere")
+    child = clean_environ(env)
+    assert "AGENTS_PERSISTENCE_NAMESPACE" not in child
+    assert "CELERY_BROKER_URL" not in child
+    assert child["AGENTS_PERSISTENCE_QUEUE"] == "q"
+    assert child["PYTHONUNBUFFERED"] == "1"
