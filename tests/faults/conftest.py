@@ -14,6 +14,7 @@ Every test in this package is marked ``faults`` (and ``rabbitmq`` when it uses i
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import time
 import uuid
@@ -24,12 +25,20 @@ from typing import Any, Literal
 
 import pytest
 import redis
-from agents_persistence import FlushTimeout, RedisCheckpointer
+from agents_persistence import FlushTimeout, PersistenceError, RedisCheckpointer
 from agents_persistence.config import Settings
 from agents_persistence.tasks import CeleryCheckpointer, PersistenceApp, create_app
 from agents_persistence.tasks.broker.redis_transport import INFLIGHT_REGISTRY
+from kombu import Connection
 
-from tests.faults.reconcile import Ledger, Reconciliation, reconcile, write_result
+from tests.faults.reconcile import (
+    Ledger,
+    Reconciliation,
+    dead_lettered_saves,
+    read_dead_letters,
+    reconcile,
+    write_result,
+)
 from tests.integration.conftest import (
     RABBITMQ_URL,
     WorkerFactory,
@@ -39,7 +48,7 @@ from tests.integration.conftest import (
 from tests.support import RedisServer, skip_or_fail
 from tests.support.celery_worker import CeleryWorker, settings_env
 
-__all__ = ["Fleet", "celery_worker_factory"]
+__all__ = ["Fleet", "celery_worker_factory", "worker_cpu_seconds"]
 
 #: Settings every fault test starts from: short visibility timeout and quick retries, so a
 #: crash is recovered from within seconds.
@@ -131,6 +140,47 @@ class Fleet:
     def dead_letters(self) -> int:
         """Entries in the namespace's dead-letter list."""
         return int(self.store.client.llen(self.store.keys.dead_letters))
+
+    def waiting_in_broker(self) -> int:
+        """Messages the broker still holds for the queue: Redis, queued + in flight +
+        unacknowledged (retries waiting for their countdown included); RabbitMQ, ready
+        (its unacknowledged count is not visible to a client)."""
+        if self.broker_server is not None:
+            return sum(self.broker_depth())
+        with Connection(RABBITMQ_URL, connect_timeout=5) as conn:
+            channel: Any = conn.default_channel
+            _, ready, _ = channel.queue_declare(self.queue, passive=True)
+            return int(ready)
+
+    def without_outcome(self, ledger: Ledger) -> list[str]:
+        """Saves ``ledger`` handed off that the store neither holds (at that version or a
+        newer one) nor has dead-lettered, as ``thread@version``."""
+        held = self.store.stored_versions(ledger.thread_ids)
+        dead = dead_lettered_saves(read_dead_letters(self.store))
+        return [
+            f"{s.thread_id}@{s.version}"
+            for s in ledger.saves
+            if s.error is None
+            and held.get(s.thread_id, 0) < s.version
+            and (s.thread_id, s.version) not in dead
+        ]
+
+    def await_outcomes(self, ledger: Ledger, timeout: float = 120.0) -> float:
+        """Wait, without any client flush (so without its re-send), until every save of
+        ``ledger`` is stored, superseded or dead-lettered and the broker holds nothing for
+        the queue; returns the seconds it took.
+
+        After ``timeout`` it returns anyway: reconcile then counts what is missing as lost.
+        """
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            try:
+                if not self.without_outcome(ledger) and self.waiting_in_broker() == 0:
+                    break
+            except (PersistenceError, redis.RedisError, OSError):
+                pass  # a server still coming back: look again
+            time.sleep(0.25)
+        return time.monotonic() - started
 
     def settle(self, client: CeleryCheckpointer, timeout: float = 90.0) -> float:
         """Wait until every save ``client`` handed off is durable (or superseded) and, for a
@@ -247,6 +297,27 @@ def report(capsys: pytest.CaptureFixture[str]) -> Report:
         return result
 
     return run
+
+
+def _cpu_ticks(pid: int, *, with_reaped_children: bool) -> int:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0  # gone between the listing and the read
+    fields = stat[stat.rindex(")") + 2 :].split()
+    # fields[11:15] are utime, stime, cutime, cstime (clock ticks).
+    used = int(fields[11]) + int(fields[12])
+    if with_reaped_children:
+        used += int(fields[13]) + int(fields[14])
+    return used
+
+
+def worker_cpu_seconds(worker: CeleryWorker) -> float:
+    """CPU seconds used so far by ``worker``: its main process, the pool children it has
+    reaped (replaced ones, say after a hard time limit) and the live ones."""
+    ticks = _cpu_ticks(worker.pid, with_reaped_children=True)
+    ticks += sum(_cpu_ticks(pid, with_reaped_children=False) for pid in worker.child_pids())
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def hold_store_writes(fleet: Fleet, milliseconds: int) -> None:
