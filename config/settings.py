@@ -283,7 +283,8 @@ class Settings(BaseSettings):
     buffer_max_snapshots: int = Field(
         default=10_000,
         ge=1,
-        description="Hand-off buffer size (buffered mode): the most an agent crash can lose.",
+        description="Hand-off buffer size (buffered mode). An agent crash loses at most this "
+        "many waiting, plus the batch being published (taken from them).",
     )
     buffer_full_policy: Literal["block", "raise"] = Field(
         default="block", description="When the buffer is full: block save_state, or raise."

@@ -5,10 +5,12 @@ older one still waiting (coalescing, counted as superseded). The thread publishe
 ``max_batch`` snapshots or ``max_bytes`` of JSON per message, waiting at most ``linger``
 seconds to fill one. A failed publish puts the batch back (unless newer versions arrived)
 and is retried with backoff; the failure is reported to the caller on the next ``submit``
-or ``flush``.
+(which then takes nothing) or ``flush`` (``tests/unit/test_handoff_claims.py``).
 
-What it can lose: snapshots still in the buffer when the agent process itself dies
-(SIGKILL, OOM, power loss) — at most ``capacity`` of them. A normal exit flushes the buffer.
+What it can lose: the snapshots the broker has not accepted when the agent process itself
+dies (SIGKILL, OOM, power loss) — those in the buffer, at most ``capacity``, and the batch
+being published, taken from it, so at most ``capacity`` again. The client flushes the buffer
+at a normal exit (``tests/integration/test_agent_crash.py``).
 """
 
 from __future__ import annotations

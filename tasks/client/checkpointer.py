@@ -5,11 +5,13 @@ Hand-off modes (``Settings.handoff_mode`` or ``mode=``):
 ``durable`` (default)
     ``save_state`` returns once the broker accepted the message (Redis: the LPUSH answered;
     RabbitMQ: the publisher confirm arrived). If the agent process dies right after, the
-    snapshot is safe in the broker.
+    snapshot is safe in the broker (``tests/integration/test_agent_crash.py``).
 ``buffered``
     ``save_state`` returns before any network round trip; a background thread publishes
-    batches. If the agent process dies, snapshots still in the buffer are lost (at most
-    ``buffer_max_snapshots``); a normal exit, ``flush()`` and ``close()`` publish them.
+    batches. If the agent process dies, the snapshots the broker has not accepted yet are
+    lost: those in the buffer (at most ``buffer_max_snapshots``) and the batch being
+    published (taken from it, so at most as many again). A normal exit (an ``atexit``
+    hook), ``flush()`` and ``close()`` publish them (``tests/integration/test_agent_crash.py``).
 
 In both modes, ``handle.wait()`` / ``flush()`` block until saves are durable in the store
 (or superseded by a newer version or a delete).
@@ -19,10 +21,11 @@ durable (its outbox). A broker can lose a message it already accepted — kombu'
 transport loses one in flight when a worker is SIGKILLed between taking it off the queue
 and recording it as unacknowledged — and such a message never comes back by itself; so
 ``wait``/``flush`` re-send a hand-off still not durable after ``resend_pending_after_seconds``.
-Re-sent saves carry the same version, so a duplicate is a no-op. The outbox is pruned (one
-pipelined read) whenever it has doubled since the last look, on a housekeeping thread of its
-own: the hand-off path never touches the store, so a store outage never slows or fails a
-hand-off the broker took.
+Re-sent saves carry the same version, so a duplicate is a no-op
+(``tests/integration/test_resend.py``). The outbox is pruned (one pipelined read) whenever it
+has doubled since the last look, on a housekeeping thread of its own: the hand-off path never
+touches the store, so a store outage never slows or fails a hand-off the broker took
+(``tests/unit/test_outbox_housekeeping.py``).
 """
 
 from __future__ import annotations

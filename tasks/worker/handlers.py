@@ -10,10 +10,12 @@ Retries multiply: one store call makes up to ``retry_attempts + 1`` tries within
 :class:`StoreUnavailable` (or the soft time limit interrupts it), the task is retried by
 Celery up to ``task_max_retries`` times (passed explicitly: Celery's ``max_retries=None``
 means its own default of 3) with jittered exponential countdowns capped at
-``task_retry_backoff_max_seconds``. Then it is dead-lettered; if the dead-letter list is
+``task_retry_backoff_max_seconds`` (``Settings.task_backoff``, whose sum the settings check
+tombstone lifetimes against). Then it is dead-lettered; if the dead-letter list is
 unreachable too (the store is still down), the message goes back to the queue after a
 pause, and each redelivery tries the write first. So an outage of any length ends with
-every hand-off stored or dead-lettered once the store returns.
+every hand-off stored or dead-lettered once the store returns
+(``tests/faults/test_outages.py``; each exit on its own: ``tests/unit/test_handlers.py``).
 """
 
 from __future__ import annotations
