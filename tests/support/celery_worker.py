@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import redis
+from agents_persistence.tasks.broker.redis_transport import INFLIGHT_REGISTRY
 from agents_persistence.tasks.devtools import celery_process
 from agents_persistence.tasks.devtools.celery_process import CeleryProcess, CeleryProcessError
 from agents_persistence.tasks.devtools.processes import (
@@ -73,20 +74,19 @@ def kill_outside_pop_window(
     worker: CeleryWorker, broker: redis.Redis, queue: str, *, timeout: float = 30.0
 ) -> int:
     """SIGKILL ``worker``'s group (Redis broker) at a moment when every message it has
-    popped is registered as unacknowledged, and at least one is; returns how many tries
-    found a message in between.
+    taken off ``queue`` is registered as unacknowledged, and at least one is; returns how
+    many tries found a message in between.
 
-    kombu's Redis transport takes a message with ``BRPOP`` and only afterwards records it in
-    the ``unacked`` hash (a second round trip): a crash in between loses that message, and
-    no visibility timeout brings it back (celery/kombu#305). Measured here: about one
-    SIGKILL in four under a steady stream. A test of what the transport does promise
-    (unacknowledged messages come back) kills the worker only outside that window: it
-    freezes the group (SIGSTOP), reads the broker's command counters in one transaction
-    (popped = ``LPUSH`` calls - queue length; registered = ``HSET`` calls), and kills if
-    they agree; otherwise it lets the worker run a moment and tries again.
+    kombu's own Redis transport loses a message taken off the queue and not yet recorded in
+    the ``unacked`` hash (celery/kombu#305); ours
+    (:mod:`agents_persistence.tasks.broker.redis_transport`) moves it to an in-flight list
+    instead, which a separate test kills into. A test of what the ``unacked`` hash promises
+    (unacknowledged messages come back after the visibility timeout) kills the worker only
+    when no message is in flight: it freezes the group (SIGSTOP), so nothing the worker
+    does moves between the reads, checks that every in-flight list is empty and ``unacked``
+    is not, and kills; otherwise it lets the worker run a moment and tries again.
 
-    Needs a private broker server with no other producer or consumer: the counters are
-    server-wide, and every ``LPUSH`` must be a hand-off to ``queue``.
+    Needs a private broker server (``queue`` is not read: producers may keep pushing).
 
     Raises:
         CeleryProcessError: no such moment within ``timeout`` seconds.
@@ -95,17 +95,12 @@ def kill_outside_pop_window(
     in_window = 0
     while True:
         worker.pause()
-        pipe = broker.pipeline(transaction=True)
-        pipe.info("commandstats")
-        pipe.llen(queue)
-        pipe.hlen("unacked")
-        stats, queued, unacked = pipe.execute()
-        pushed = int(stats.get("cmdstat_lpush", {}).get("calls", 0))
-        registered = int(stats.get("cmdstat_hset", {}).get("calls", 0))
-        if pushed - int(queued) == registered and int(unacked) > 0:
+        inflight = broker.hkeys(INFLIGHT_REGISTRY)
+        taken = sum(int(broker.llen(key)) for key in inflight)
+        if taken == 0 and int(broker.hlen("unacked")) > 0:
             worker.kill_group()
             return in_window
-        in_window += pushed - int(queued) != registered
+        in_window += taken > 0
         worker.resume()
         if time.monotonic() > deadline:
             raise CeleryProcessError(
