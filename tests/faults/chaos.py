@@ -136,7 +136,7 @@ def run(fleet: Fleet, cfg: ChaosConfig, log: Callable[[str], None] | None = None
         except Exception as exc:
             harness.append(f"producers: {type(exc).__name__}: {exc}")
     loops[0].stop()
-    settle_seconds, pending = settle(fleet, ledger, cfg)
+    settle_seconds, pending, waiting = settle(fleet, ledger, cfg, executor.check_slots)
     loops[1].stop()
     watch.observe()
     entries = read_dead_letters(fleet.store)
@@ -150,7 +150,7 @@ def run(fleet: Fleet, cfg: ChaosConfig, log: Callable[[str], None] | None = None
     resurrected, failed_stored = find_resurrected(ledger, fleet.store)
     probed = probe_workers(fleet, clients, clock, cfg.probe_timeout)
     depth = broker_depth(fleet)
-    notes = executor.describe()
+    notes = executor.describe() + waiting
     if depth != (0, 0) or pending:
         notes.append(f"broker after settling: {broker_notes(fleet)}; pending {pending[:10]}")
     return ChaosReport(
@@ -167,7 +167,7 @@ def run(fleet: Fleet, cfg: ChaosConfig, log: Callable[[str], None] | None = None
         broker_depth=depth,
         probe=probed,
         workers_running=(executor.workers_running(), cfg.workers),
-        unexpected_exits=executor.unexpected,
+        crashes=executor.crashes(),
         harness_errors=harness,
         notes=notes,
     )
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     with open_fleet(logs) as fleet:
         report = run(fleet, cfg, log=lambda line: console.print(line, highlight=False))
     report.render(console)
-    return 1 if report.problems() else 0
+    return 1 if report.problems() or report.crashes else 0
 
 
 if __name__ == "__main__":

@@ -101,7 +101,8 @@ class Executor:
         self.dead: set[int] = set()  # slots killed by us, waiting for their replacement
         self.orphaned: set[int] = set()  # slots whose worker exited on its own
         self.stopped_child: dict[int, int] = {}
-        self.unexpected: list[str] = []
+        self.unexpected: list[str] = []  # exits we did not cause, with their time
+        self.killed: set[str] = set()  # workers we SIGKILLed
         self.errors: list[str] = []
         self.applied: list[Applied] = []
         self.t0 = time.monotonic()
@@ -130,7 +131,7 @@ class Executor:
         while events:
             due, _, heal, applied = heapq.heappop(events)
             time.sleep(max(0.0, t0 + due - time.monotonic()))
-            self._check_slots()
+            self.check_slots()
             try:
                 done = self._heal(applied) if heal else self._begin(applied)
             except Exception as exc:  # recorded: the run goes on and reports it
@@ -162,6 +163,7 @@ class Executor:
             worker = self.slots[slot]
             if action == "sigkill":
                 worker.kill_group()
+                self.killed.add(worker.name)
                 self.dead.add(slot)
             elif action == "sigstop":
                 worker.pause()
@@ -216,7 +218,9 @@ class Executor:
         if pid is not None and pid in self.slots[slot].group_pids():
             os.kill(pid, signal.SIGCONT)
 
-    def _check_slots(self) -> None:
+    def check_slots(self) -> None:
+        """Note workers that exited on their own and replace them (as a supervisor would)
+        once the broker is there to make them ready."""
         for slot, worker in enumerate(self.slots):
             if slot in self.dead or slot in self.orphaned or worker.running:
                 continue
@@ -234,7 +238,7 @@ class Executor:
             self._heal_server(target)
         for slot in list(self.stopped_child):
             self._resume_child(slot)
-        self._check_slots()
+        self.check_slots()
         for slot, worker in enumerate(self.slots):
             if slot in self.dead:
                 self.slots[slot] = self._start_worker()
@@ -247,15 +251,23 @@ class Executor:
         return sum(1 for w in self.slots if w.running and process_state(w.pid) not in "TtZX")
 
     def describe(self) -> list[str]:
-        """Each slot's worker (pid, process state, pool) and every worker's fatal log lines."""
+        """Each slot's worker (pid, process state, pool) and the exits we did not cause."""
         lines = []
         for slot, w in enumerate(self.slots):
             state = process_state(w.pid) if w.running else f"exited {w.returncode}"
             lines.append(f"slot {slot}: {w.name} pid {w.pid} state {state} pool {w.child_pids()}")
+        return lines + self.unexpected
+
+    def crashes(self) -> list[str]:
+        """Workers that died without our SIGKILL, each with its fatal log line if any."""
+        out = []
         for w in self.fleet.workers:
-            fatal = [line for line in w.log_text().splitlines() if "CRITICAL/" in line]
-            lines += [f"{w.name}: {line[:300]}" for line in fatal[:5]]
-        return lines
+            fatal = [line for line in w.log_text().splitlines() if "Unrecoverable error" in line]
+            if fatal:
+                out.append(f"{w.name}: {fatal[0][:300]}")
+            elif w.name not in self.killed and not w.running:
+                out.append(f"{w.name}: exited {w.returncode} without a fatal log line")
+        return out
 
 
 def process_state(pid: int) -> str:

@@ -108,7 +108,7 @@ class ChaosReport:
     broker_depth: tuple[int, int]
     probe: tuple[int, int, float]
     workers_running: tuple[int, int]
-    unexpected_exits: list[str]
+    crashes: list[str]
     harness_errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -135,7 +135,7 @@ class ChaosReport:
             out.append(f"workers running: {self.workers_running}")
         if self.broker_depth != (0, 0):
             out.append(f"broker not empty: {self.broker_depth}")
-        return out + self.unexpected_exits + self.harness_errors
+        return out + self.harness_errors
 
     def render(self, console: Console) -> None:
         """Print the seed, the fault timeline and the reconciliation table."""
@@ -210,7 +210,7 @@ class ChaosReport:
                 f"{self.probe[0]}/{self.probe[1]} stored in {self.probe[2]:.1f} s",
             ),
             ("workers running", f"{self.workers_running[0]}/{self.workers_running[1]}"),
-            ("unexpected worker exits", len(self.unexpected_exits)),
+            ("worker crashes (not our SIGKILL)", len(self.crashes)),
         ):
             table.add_row(label, str(value), "", "")
         console.print(table)
@@ -218,6 +218,8 @@ class ChaosReport:
             console.print(f"note: {note}", highlight=False)
         for problem in self.problems():
             console.print(f"[red]PROBLEM[/red] {problem}", highlight=False)
+        for crash in self.crashes:
+            console.print(f"[red]CRASH[/red] {crash}", highlight=False)
 
 
 def _s(value: float | None) -> str:
@@ -259,20 +261,27 @@ def broker_notes(fleet: Fleet) -> str:
     )
 
 
-def settle(fleet: Fleet, ledger: Ledger, cfg: ChaosConfig) -> tuple[float, list[str]]:
+def settle(
+    fleet: Fleet, ledger: Ledger, cfg: ChaosConfig, on_poll: Callable[[], None]
+) -> tuple[float, list[str], list[str]]:
     """Wait, without any flush, until every hand-off has an outcome and the broker is
-    empty; give up after ``settle_timeout``."""
+    empty; give up after ``settle_timeout``. Calls ``on_poll`` at each look; returns the
+    seconds waited, the saves still without an outcome, and what the broker held whenever
+    the wait passed another minute."""
     started = time.monotonic()
+    seen: list[str] = []
     while True:
+        on_poll()
         try:
             pending, depth = _pending(fleet, ledger), broker_depth(fleet)
         except (PersistenceError, redis.RedisError) as exc:
             pending, depth = [f"unreadable: {exc}"], (-1, -1)
         now = time.monotonic()
-        if not pending and depth == (0, 0):
-            return now - started, pending
-        if now - started > cfg.settle_timeout:
-            return now - started, pending
+        if (not pending and depth == (0, 0)) or now - started > cfg.settle_timeout:
+            return now - started, pending, seen
+        if now - started > 60 * (len(seen) + 1):
+            with contextlib.suppress(redis.RedisError):
+                seen.append(f"after {now - started:.0f} s: {broker_notes(fleet)}")
         time.sleep(0.5)
 
 

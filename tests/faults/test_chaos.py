@@ -19,6 +19,12 @@ from tests.faults.reconcile import RESULTS_DIR, write_result
 
 #: CI's seed; change it only together with a green run of the new one.
 SEED = 20261201
+#: Celery 5.x: a prefork worker whose pool children were SIGKILLed crashes when it
+#: reconnects to a restarted broker (AsynPool registers a dead child's pipe, whose fd is
+#: None; celery/celery#9250, fix proposed in #10318). The worker exits; what it held comes
+#: back from the broker. A crash with this line is reported as an expected failure; any
+#: other crash fails the test.
+KNOWN_CELERY_CRASH = "Unrecoverable error: ValueError('file descriptor is None')"
 
 
 def test_schedule_is_seeded_bounded_and_one_fault_per_target_at_a_time() -> None:
@@ -70,3 +76,6 @@ def test_chaos_fixed_seed(
     assert report.resurrected == [], report.resurrected[:10]
     assert report.probe[0] == report.probe[1], report.probe
     assert report.problems() == []
+    assert [c for c in report.crashes if KNOWN_CELERY_CRASH not in c] == []
+    if report.crashes:
+        pytest.xfail(f"worker crashed on a broker reconnect (celery#9250): {report.crashes}")
