@@ -8,6 +8,10 @@ machine's RabbitMQ (``broker="rabbitmq"``, deleted afterwards). Workers are real
 stopped by
 PID and process group after the test.
 
+Recovery without the client: :meth:`Fleet.await_outcomes` polls the store, its dead-letter
+list and the broker (no ``flush()``, so no re-send), and :func:`worker_cpu_seconds` reads a
+worker's CPU time from ``/proc``.
+
 Every test in this package is marked ``faults`` (and ``rabbitmq`` when it uses it).
 """
 

@@ -149,9 +149,10 @@ def _wait(check: Callable[[], bool], timeout: float, failure: str | Callable[[],
 
 
 def _healthy(worker: CeleryWorker, pid: int) -> None:
+    """The same main process still runs, with a pool (a replaced child may be starting)."""
     assert worker.running, worker.log_tail()
     assert worker.pid == pid
-    assert worker.child_pids(), "the worker has no pool process"
+    _wait(lambda: bool(worker.child_pids()), 30, "the worker has no pool process")
 
 
 def _row(report: Report, fault: str, ledger: Ledger, fleet: Fleet, **extra: Any) -> Reconciliation:
