@@ -21,6 +21,10 @@ This transport closes the window the usual way for Redis queues:
 A message is thus always in the queue, in an in-flight list, or in ``unacked``. Recovered
 messages may be delivered twice; the versioned writes make that harmless.
 
+A channel whose connection kombu has already given up (a broker restart noticed first on the
+remote-control channel) reports a connection error when asked for a new connection pool,
+rather than kombu's ``AttributeError``, so the worker reconnects instead of exiting.
+
 Used for ``redis://`` and ``rediss://`` brokers (see
 :func:`agents_persistence.tasks.worker.app.celery_config`):
 one list per queue (``priority_steps=[0]``; the layer sends no priorities).
@@ -35,6 +39,7 @@ from importlib import metadata, resources
 from queue import Empty
 from typing import TYPE_CHECKING, Any
 
+import redis.exceptions
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.json import dumps, loads
@@ -65,6 +70,7 @@ KOMBU_INTERNALS: dict[type, tuple[str, ...]] = {
     kombu_redis.Channel: (
         "_brpop_start", "_brpop_read", "_q_for_pri", "_flush_brpop_reauth", "_in_poll",
         "_brpop_sent_at", "conn_or_acquire", "global_keyprefix", "close", "QoS",
+        "_connparams",
     ),
     kombu_redis.QoS: (
         "append", "ack", "reject", "restore_visible", "pipe_or_acquire", "unacked_key",
@@ -218,6 +224,19 @@ class Channel(kombu_redis.Channel):
         if restored:
             logger.warning("gave back %d message(s) a dead consumer had taken", restored)
         return restored
+
+    # -- the broker connection ------------------------------------------------------------
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        # kombu's Connection.collect() detaches the transport (transport.client = None) even
+        # when a channel's close failed half-way (reading the outstanding BLMOVE reply from
+        # the dead broker). The retried close (restore_unacked_once) or a late ack then
+        # builds a new pool, and kombu raises AttributeError ('NoneType' ... 'hostname'),
+        # which ends the worker. A detached channel has no broker: say so with an error
+        # kombu and Celery already handle.
+        if self.connection is None or self.connection.client is None:
+            raise redis.exceptions.ConnectionError("broker connection already closed")
+        params: dict[str, Any] = super()._connparams(asynchronous=asynchronous)  # type: ignore[misc]
+        return params
 
     # -- consuming ------------------------------------------------------------------------
     def _brpop_start(self, timeout: float | None = None) -> None:

@@ -86,12 +86,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_eager_propagates": True,
         "worker_consumer": "agents_persistence.tasks.worker.consumer:DeadLetterConsumer",
         "worker_hijack_root_logger": False,
-        "worker_send_task_events": False,
-        # Remote control (celery inspect/control) listens on a fanout channel. On a Redis
-        # broker that goes away, kombu's first close of that channel fails half-way, the
-        # connection is detached, and the retried close raises AttributeError, which kills
-        # the worker instead of letting it reconnect (seen on broker restarts).
-        "worker_enable_remote_control": not redis_broker,
+        # Celery's tools on every broker: inspect/control/status (remote control), and task
+        # events for Flower and exporters without a remote ``enable_events`` first.
+        "worker_enable_remote_control": True,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
         "beat_schedule": {
             CLEANUP_TASK: {
                 "task": CLEANUP_TASK,

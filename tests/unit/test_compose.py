@@ -8,8 +8,10 @@ a Redis that neither loses acknowledged writes nor evicts state, and only settin
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +107,82 @@ def test_flower_is_optional(services: dict[str, dict[str, Any]]) -> None:
     assert services["flower"]["profiles"] == ["flower"]
     for name in ("redis", "worker", "beat"):
         assert "profiles" not in services[name]
+
+
+def test_flower_watches_the_workers_broker(services: dict[str, dict[str, Any]]) -> None:
+    flower = services["flower"]
+    broker = environment(services["worker"])[f"{PREFIX}BROKER_URL"]
+    assert environment(flower)["CELERY_BROKER_URL"] == broker
+    script = argv(flower)[-1]
+    assert "celery flower" in script
+    assert "--broker" not in script, "the broker URL (and its password) would show in ps"
+
+
+def test_flower_credentials_come_from_the_environment_only(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    flower = services["flower"]
+    # No default value: `${FLOWER_BASIC_AUTH:-}` is empty unless the operator sets it.
+    assert environment(flower)["FLOWER_BASIC_AUTH"] == "${FLOWER_BASIC_AUTH:-}"
+    assert "basic-auth" not in " ".join(argv(flower))
+    assert "FLOWER_UNAUTHENTICATED_API" not in environment(flower)
+
+
+def _flower_guard(services: dict[str, dict[str, Any]], tmp_path: Path, auth: str | None) -> Any:
+    """Run the Flower service's ``sh -c`` script as its container would (compose turns
+    ``$$`` into ``$``), with a stand-in ``celery`` that prints its arguments."""
+    args = argv(services["flower"])
+    assert args[:2] == ["sh", "-c"]
+    fake = tmp_path / "celery"
+    fake.write_text('#!/bin/sh\necho "celery $*"\n')
+    fake.chmod(0o755)
+    env = {"PATH": f"{tmp_path}{os.pathsep}{os.defpath}"}
+    if auth is not None:
+        env["FLOWER_BASIC_AUTH"] = auth
+    script = args[2].replace("$$", "$")
+    return subprocess.run(
+        ["sh", "-c", script], env=env, capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+@pytest.mark.parametrize("auth", [None, "", "ops", "ops:", ":secret"])
+def test_flower_refuses_to_start_without_credentials(
+    services: dict[str, dict[str, Any]], tmp_path: Path, auth: str | None
+) -> None:
+    done = _flower_guard(services, tmp_path, auth)
+    assert done.returncode == 1
+    assert "FLOWER_BASIC_AUTH=user:password" in done.stderr
+    assert "celery" not in done.stdout
+
+
+def test_flower_starts_with_credentials(
+    services: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    done = _flower_guard(services, tmp_path, "ops:s3cret")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["celery", "flower", "--port=5555"]
+
+
+def test_worker_healthcheck_pings_its_own_node(services: dict[str, dict[str, Any]]) -> None:
+    check = services["worker"]["healthcheck"]
+    kind, command = check["test"]
+    assert kind == "CMD-SHELL"  # a shell, to expand $HOSTNAME
+    args = shlex.split(command)
+    assert args[:5] == ["celery", "-A", "agents_persistence.tasks", "inspect", "ping"]
+    # celery@<hostname> is the worker's default node name; `$$` is compose's escape, a
+    # single `$` would be expanded (to nothing) by compose itself.
+    assert args[args.index("-d") + 1] == "celery@$$HOSTNAME"
+    assert not re.search(r"(?<!\$)\$HOSTNAME", command)
+    timeout = float(args[args.index("--timeout") + 1])
+    assert timeout < _seconds(check["timeout"])
+    assert "healthcheck" not in services["beat"], "beat answers no remote control"
+
+
+def _seconds(duration: str) -> float:
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h)", duration)
+    assert match, duration
+    return float(match[1]) * units[match[2]]
 
 
 def test_dockerfile_installs_the_project_as_a_non_root_user() -> None:
