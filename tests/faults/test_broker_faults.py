@@ -64,10 +64,11 @@ def test_broker_down_while_acks_fail(fleet_factory: FleetFactory, report: Report
     busy (the store holds writes), so the worker has no credit, its pop socket is paused,
     and the acks of the two saves fail when they finish. The worker must still notice the
     lost connection, reconnect when the broker is back, and the two saves come back from
-    unacked (kombu alone left the worker waiting forever)."""
+    unacked (kombu alone left the worker waiting forever). Remote control is off here: its
+    pidbox socket would notice the outage at once."""
     fleet = fleet_factory(broker="redis", broker_aof=True)
     assert fleet.broker_server is not None
-    worker = fleet.worker(concurrency=2)
+    worker = fleet.worker(concurrency=2, app="tests.faults.worker_apps:no_remote_control")
     client = fleet.client()
     ledger = Ledger()
     stream = Stream(client, ledger, thread_ids("ack", 1000), total=600, producers=2, rate=100)

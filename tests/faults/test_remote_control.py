@@ -8,7 +8,7 @@ retried close asked for a new connection pool of a channel without a connection:
 ``AttributeError`` and "Unrecoverable error", the worker exited. The Redis transport now
 reports a connection error there (``Channel._connparams``), and the worker reconnects.
 
-The test runs the shipped app (task events on) and :mod:`tests.faults.events_off_app` (task
+The test runs the shipped app (task events on) and ``tests.faults.worker_apps:events_off`` (task
 events off, no event dispatcher: the configuration in which the exit reproduced every time).
 """
 
@@ -54,7 +54,9 @@ def _wait_settled(fleet: Fleet, worker: CeleryWorker, ledger: Ledger) -> None:
 
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize(
-    "app", ["agents_persistence.tasks", "tests.faults.events_off_app"], ids=["events", "no-events"]
+    "app",
+    ["agents_persistence.tasks", "tests.faults.worker_apps:events_off"],
+    ids=["events", "no-events"],
 )
 def test_worker_survives_broker_restarts_with_remote_control(
     fleet_factory: FleetFactory, report: Report, app: str
