@@ -26,6 +26,8 @@ if _typing.TYPE_CHECKING:
         InvalidVersion,
         PersistenceError,
         SnapshotTooLarge,
+        StoreFull,
+        StoreMisconfigured,
         StoreUnavailable,
     )
     from agents_persistence.memory import InMemoryCheckpointer
@@ -64,6 +66,8 @@ _EXPORTS: dict[str, str] = {
     "RetryPolicy": "retry",
     "SaveReceipt": "protocol",
     "SnapshotTooLarge": "errors",
+    "StoreFull": "errors",
+    "StoreMisconfigured": "errors",
     "StoreUnavailable": "errors",
     "TodoItem": "models",
     "TodoStatus": "models",
@@ -95,6 +99,8 @@ __all__ = [
     "RetryPolicy",
     "SaveReceipt",
     "SnapshotTooLarge",
+    "StoreFull",
+    "StoreMisconfigured",
     "StoreUnavailable",
     "TodoItem",
     "TodoStatus",

@@ -10,15 +10,22 @@ from datetime import timedelta
 
 from agents_persistence.checkpoint import Checkpoint, PreparedSave, WriteResult
 from agents_persistence.codec import Codec
+from agents_persistence.errors import InvalidInput
 from agents_persistence.keys import Keys
 from agents_persistence.lists import BoundedList
 from agents_persistence.models import AgentStateSnapshot
-from agents_persistence.validation import check_thread_id, check_version, coerce_snapshot
+from agents_persistence.validation import (
+    MAX_TTL_SECONDS,
+    check_thread_id,
+    check_version,
+    coerce_snapshot,
+)
 from agents_persistence.versions import VersionClock, next_version
 
 __all__ = [
     "DEFAULT_NAMESPACE",
     "DEFAULT_TOMBSTONE_TTL",
+    "MAX_PAGE_SIZE",
     "BaseCheckpointer",
     "TTLLike",
     "to_milliseconds",
@@ -30,10 +37,14 @@ TTLLike = timedelta | float | int | None
 DEFAULT_TOMBSTONE_TTL = timedelta(days=1)
 #: The namespace of a store built without one (``Settings.namespace``'s default too).
 DEFAULT_NAMESPACE = "agents"
+#: Largest page of a listing (and batch of a cleanup): one Redis command each, and a
+#: 100,000-entry page held Redis for tens of ms (measured: docs/bad-input.md, class 8).
+MAX_PAGE_SIZE = 10_000
 
 
 def to_milliseconds(value: TTLLike, what: str) -> int | None:
-    """A TTL given as ``timedelta`` or seconds, in whole milliseconds (at least 1)."""
+    """A TTL given as ``timedelta`` or seconds, in whole milliseconds (1 ms .. 100 years,
+    :data:`~agents_persistence.validation.MAX_TTL_SECONDS`)."""
     if value is None:
         return None
     if isinstance(value, bool):
@@ -41,6 +52,8 @@ def to_milliseconds(value: TTLLike, what: str) -> int | None:
     seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
     if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError(f"{what} must be positive, got {value!r}")
+    if seconds > MAX_TTL_SECONDS:
+        raise ValueError(f"{what} must be at most {MAX_TTL_SECONDS} s (100 years), got {value!r}")
     ms = round(seconds * 1000)
     if ms < 1:
         raise ValueError(f"{what} must be at least 1 ms, got {value!r}")
@@ -179,9 +192,14 @@ class BaseCheckpointer(ABC):
 
     # -- what tools need: dead letters, counts, the server, clean-up -----------------------
     @abstractmethod
-    def dead_letter_list(self, max_length: int) -> BoundedList:
+    def dead_letter_list(self, max_length: int, *, namespace: str | None = None) -> BoundedList:
         """The namespace's list of dead-lettered hand-offs (entries are opaque bytes), capped
-        at ``max_length`` entries. Every call returns a view of the same list."""
+        at ``max_length`` entries. Every call returns a view of the same list.
+
+        ``namespace``: another namespace's list on the same store, for a hand-off that
+        names that namespace but reached this one's worker (a queue shared by operators);
+        it is recorded where its own namespace's operators look.
+        """
 
     @abstractmethod
     def key_count(self) -> int:
@@ -215,9 +233,19 @@ class BaseCheckpointer(ABC):
 
 
 def check_page_size(page_size: int) -> int:
-    """Page sizes are ints in 1 .. 100,000."""
+    """Return ``page_size`` if it is an int in ``1 .. MAX_PAGE_SIZE``, else raise
+    :class:`InvalidInput` (a ``ValueError``)."""
     if isinstance(page_size, bool) or not isinstance(page_size, int):
-        raise ValueError(f"page_size must be an int, got {page_size!r}")
-    if not 0 < page_size <= 100_000:
-        raise ValueError(f"page_size must be an int in 1..100000, got {page_size!r}")
+        raise InvalidInput(f"page_size must be an int, got {type(page_size).__name__}")
+    if not 0 < page_size <= MAX_PAGE_SIZE:
+        raise InvalidInput(f"page_size must be an int in 1..{MAX_PAGE_SIZE}, got {page_size!r}")
     return page_size
+
+
+def check_limit(limit: int | None) -> int | None:
+    """Return ``limit`` if it is None or a positive int, else raise :class:`InvalidInput`."""
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise InvalidInput(f"limit must be a positive int or None, got {limit!r}")
+    return limit

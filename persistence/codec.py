@@ -12,11 +12,15 @@ A record is a fixed 40-byte ASCII header followed by the body::
 The compare-and-set script reads only the first 24 bytes (``GETRANGE``), so it never
 decodes, copies or even loads the payload. A value that does not start with ``AP1`` is
 envelope schema 0: the Rust crate's plain JSON, read as version 0 (any save replaces it).
+
+Reading never trusts the stored bytes: a version above ``MAX_VERSION``, a save time past
+year 9999, a body (inflated or not) above the size cap plus :data:`LOAD_MARGIN` are
+:class:`CorruptState`, and a compressed body is inflated at most that far, so a few hundred
+KB of zlib can never become hundreds of MB in memory.
 """
 
 from __future__ import annotations
 
-import math
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,7 +29,13 @@ from typing import Final
 import orjson
 from agents_persistence.errors import CorruptState, InvalidSnapshot, SnapshotTooLarge
 from agents_persistence.models import AgentStateSnapshot
-from agents_persistence.validation import describe_error
+from agents_persistence.validation import (
+    MAX_VERSION,
+    check_json_limits,
+    check_saved_at_ms,
+    check_version,
+    describe_error,
+)
 from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError
 
@@ -33,6 +43,7 @@ __all__ = [
     "DEFAULT_COMPRESS_THRESHOLD",
     "DEFAULT_MAX_SNAPSHOT_BYTES",
     "HEADER_SIZE",
+    "LOAD_MARGIN",
     "MAGIC",
     "SAVED_AT_DIGITS",
     "VERSION_DIGITS",
@@ -57,6 +68,10 @@ SAVED_AT_DIGITS: Final = 16
 HEADER_SIZE: Final = VERSION_END + SAVED_AT_DIGITS
 DEFAULT_MAX_SNAPSHOT_BYTES: Final = 16 * 1024 * 1024
 DEFAULT_COMPRESS_THRESHOLD: Final = 16 * 1024
+#: How far beyond ``max_snapshot_bytes`` a stored body may be (inflated) and still load: a
+#: record written before the cap was lowered by up to a fifth still loads; anything
+#: larger is CorruptState, never a larger allocation.
+LOAD_MARGIN: Final = 0.25
 _ZLIB_LEVEL: Final = 1  # fast: agent state is mostly text; level 1 gets most of the gain
 _SERIALIZER = AgentStateSnapshot.__pydantic_serializer__
 #: From this much file text on, pydantic's to_json (~1 GB/s here) loses to pydantic's JSON-mode
@@ -101,38 +116,50 @@ class Codec:
 
     # -- snapshot <-> JSON ------------------------------------------------------------------
     def dump_json(self, state: AgentStateSnapshot) -> bytes:
-        """Serialise ``state`` to JSON, enforcing the size cap and strict JSON values."""
+        """Serialise ``state`` to JSON, enforcing the size cap and the JSON limits that a
+        load needs (:func:`~agents_persistence.validation.check_json_limits`)."""
+        check_json_limits(state)
         body = _dump_large(state) if _text_size(state) >= _ORJSON_FROM else None
         if body is None:
             try:
                 body = _SERIALIZER.to_json(state, warnings="error")
             except (PydanticSerializationError, RecursionError, ValueError) as exc:
                 raise InvalidSnapshot(f"snapshot cannot be encoded as JSON: {exc}") from exc
-        if _has_non_finite(state):
-            raise InvalidSnapshot("snapshot holds NaN or Infinity, which JSON cannot carry")
         if len(body) > self.max_snapshot_bytes:
             raise SnapshotTooLarge(len(body), self.max_snapshot_bytes)
         return body
 
     def load_json(self, body: bytes | str) -> AgentStateSnapshot:
-        """Parse and validate snapshot JSON from outside (a message); raise InvalidSnapshot."""
+        """Parse and validate snapshot JSON from outside (a message); raise InvalidSnapshot.
+
+        The body is parsed by the very parser a load uses (``model_validate_json``), then
+        held to the limits a save is held to: what this accepts, a load reads back.
+        """
         size = len(body)
         if size > self.max_snapshot_bytes:
             raise SnapshotTooLarge(size, self.max_snapshot_bytes)
         try:
-            data = orjson.loads(body)  # strict JSON: refuses NaN, Infinity, bad UTF-8
-        except orjson.JSONDecodeError as exc:
-            raise InvalidSnapshot(f"snapshot is not valid JSON: {exc}") from exc
-        if not isinstance(data, dict):
-            raise InvalidSnapshot(f"snapshot JSON must be an object, not {type(data).__name__}")
-        try:
-            return AgentStateSnapshot.model_validate(data)
-        except (ValidationError, RecursionError) as exc:
+            state = AgentStateSnapshot.model_validate_json(body)
+        except ValidationError as exc:
+            raise InvalidSnapshot(_why_refused(exc)) from exc
+        except (RecursionError, ValueError) as exc:
             raise InvalidSnapshot(f"invalid snapshot: {describe_error(exc)}") from exc
+        check_json_limits(state)  # NaN, Infinity, integers beyond 64 bits, depth
+        return state
+
+    @property
+    def load_limit(self) -> int:
+        """Largest stored body (after inflating) a load reads: the cap plus its margin."""
+        return self.max_snapshot_bytes + int(self.max_snapshot_bytes * LOAD_MARGIN)
 
     # -- records ------------------------------------------------------------------------------
     def pack(self, body: bytes, version: int, saved_at_ms: int) -> bytes:
-        """Wrap snapshot JSON in a record header, compressing it above the threshold."""
+        """Wrap snapshot JSON in a record header, compressing it above the threshold.
+
+        Raises:
+            InvalidVersion, InvalidSnapshot: a version or save time the header cannot hold.
+        """
+        self.check_header(version, saved_at_ms)
         kind = KIND_JSON
         if self.compress_threshold is not None and len(body) >= self.compress_threshold:
             packed = zlib.compress(body, _ZLIB_LEVEL)
@@ -140,6 +167,13 @@ class Codec:
                 body, kind = packed, KIND_ZLIB
         saved_at = b"%0*d" % (SAVED_AT_DIGITS, saved_at_ms)
         return b"".join((MAGIC, kind, format_version(version), saved_at, body))
+
+    @staticmethod
+    def check_header(version: int, saved_at_ms: int) -> None:
+        """Raise :class:`InvalidVersion` / :class:`InvalidSnapshot` unless a record header can
+        hold ``version`` and ``saved_at_ms`` (and a load read them back)."""
+        check_version(version)
+        check_saved_at_ms(saved_at_ms)
 
     def unpack(self, thread_id: str, raw: bytes) -> Record:
         """Decode the bytes stored for ``thread_id``; raise :class:`CorruptState` if unusable."""
@@ -166,16 +200,31 @@ class Codec:
             saved_at = datetime.fromtimestamp(saved_ms / 1000, tz=UTC)
         except (ValueError, OverflowError, OSError) as exc:  # digits, but beyond year 9999
             raise CorruptState(thread_id, "malformed record header") from exc
+        if version > MAX_VERSION:
+            raise CorruptState(thread_id, f"record version above {MAX_VERSION}")
         if kind == KIND_TOMBSTONE:
             return Record(version, saved_at, None)
         if kind == KIND_ZLIB:
-            try:
-                body = zlib.decompress(body)
-            except zlib.error as exc:
-                raise CorruptState(thread_id, f"compressed body does not inflate: {exc}") from exc
+            body = self._inflate(thread_id, body)
         elif kind != KIND_JSON:
             raise CorruptState(thread_id, f"unknown record kind {kind!r}")
         return Record(version, saved_at, self._validate_stored(thread_id, body))
+
+    def _inflate(self, thread_id: str, body: bytes) -> bytes:
+        """Inflate a zlib body, never past :attr:`load_limit` bytes (a bomb stops there)."""
+        limit = self.load_limit
+        inflater = zlib.decompressobj()
+        try:
+            out = inflater.decompress(body, limit + 1)
+        except zlib.error as exc:
+            raise CorruptState(thread_id, f"compressed body does not inflate: {exc}") from exc
+        if len(out) > limit:
+            raise CorruptState(
+                thread_id, f"compressed body inflates beyond {limit} bytes (the size cap)"
+            )
+        if not inflater.eof:
+            raise CorruptState(thread_id, "compressed body is truncated")
+        return out
 
     def _unpack_legacy(self, thread_id: str, raw: bytes) -> Record:
         if raw[:2] == b"AP" and raw[2:3].isdigit():
@@ -186,13 +235,26 @@ class Codec:
             raise CorruptState(thread_id, "not a record and not snapshot JSON")
         return Record(0, None, self._validate_stored(thread_id, raw))
 
-    @staticmethod
-    def _validate_stored(thread_id: str, body: bytes) -> AgentStateSnapshot:
+    def _validate_stored(self, thread_id: str, body: bytes) -> AgentStateSnapshot:
+        if len(body) > self.load_limit:
+            raise CorruptState(
+                thread_id, f"body of {len(body)} bytes is beyond {self.load_limit} (the size cap)"
+            )
         try:
             return AgentStateSnapshot.model_validate_json(body)
         except (ValidationError, RecursionError, ValueError) as exc:
             reason = f"body does not validate: {describe_error(exc)}"
             raise CorruptState(thread_id, reason) from exc
+
+
+def _why_refused(exc: ValidationError) -> str:
+    """What :meth:`Codec.load_json` says of a body the parser or the model refused."""
+    first = exc.errors(include_input=False, include_url=False)[0]
+    if first["type"] == "json_invalid":
+        return f"snapshot is not valid JSON: {first['msg'].removeprefix('Invalid JSON: ')}"
+    if first["type"] == "model_type" and not first["loc"]:
+        return "snapshot JSON must be an object"
+    return f"invalid snapshot: {describe_error(exc)}"
 
 
 def _text_size(state: AgentStateSnapshot) -> int:
@@ -209,36 +271,12 @@ def _dump_large(state: AgentStateSnapshot) -> bytes | None:
     pydantic turns the model into JSON-ready Python (the same checks: ``warnings="error"``
     refuses what ``to_json`` refuses) and orjson writes it: identical output (compact,
     UTF-8, the same string escapes, floats, ``Z`` datetimes, and the model serializer that
-    omits empty interrupts). NaN would become ``null`` here; :func:`_has_non_finite`
-    refuses it afterwards either way. Anything either step refuses (integers beyond 64
-    bits, lone surrogates, deep nesting...) returns None: ``to_json`` then decides.
+    omits empty interrupts). NaN would become ``null`` here, but
+    :func:`~agents_persistence.validation.check_json_limits` refused it beforehand.
+    Anything either step refuses (lone surrogates, a set...) returns None: ``to_json``
+    then decides.
     """
     try:
         return orjson.dumps(state.model_dump(mode="json", warnings="error"))
     except (PydanticSerializationError, RecursionError, ValueError, TypeError):
         return None
-
-
-def _has_non_finite(state: AgentStateSnapshot) -> bool:
-    """True if a JSON-valued field holds NaN or an infinity (a model changed after validation).
-
-    The serialiser (``warnings="error"``) already refuses a float anywhere the model does not
-    allow one, so only the free-form JSON values (``scratchpad``, interrupts' ``tool_args``)
-    can hide one. Walking them costs their node count; scanning the encoded body for
-    ``NaN``/``Infinity`` cost ~2 ms per MB of file text, more than encoding it.
-    """
-    stack: list[object] = [state.scratchpad]
-    stack.extend(getattr(i, "tool_args", None) for i in state.pending_interrupts)
-    pop, extend = stack.pop, stack.extend
-    while stack:
-        value = pop()
-        if type(value) is str:
-            continue
-        if isinstance(value, float):
-            if not math.isfinite(value):
-                return True
-        elif isinstance(value, dict):
-            extend(value.values())
-        elif isinstance(value, (list, tuple)):
-            extend(value)
-    return False

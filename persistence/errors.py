@@ -10,6 +10,10 @@
     │       └── SnapshotTooLarge     encoded JSON above the configured cap
     ├── CorruptState                 stored bytes for one thread cannot be decoded
     ├── StoreUnavailable             the store stayed unreachable through every retry
+    │   └── StoreFull                it answered OOM (maxmemory under noeviction): transient,
+    │                                memory frees as keys expire or are deleted
+    ├── StoreMisconfigured           a key the namespace needs holds another Redis type, or
+    │                                scripts cannot be loaded: no retry fixes it, an operator must
     └── HandOffError                 a snapshot could not be handed to the broker
         └── FlushTimeout             flush() / wait() ran out of time; names what is pending
 
@@ -30,6 +34,8 @@ __all__ = [
     "InvalidVersion",
     "PersistenceError",
     "SnapshotTooLarge",
+    "StoreFull",
+    "StoreMisconfigured",
     "StoreUnavailable",
 ]
 
@@ -75,6 +81,32 @@ class CorruptState(PersistenceError):
 
 class StoreUnavailable(PersistenceError):
     """The store could not be reached through the whole retry policy."""
+
+
+class StoreFull(StoreUnavailable):
+    """The store refused a write for lack of memory (``OOM`` under ``noeviction``).
+
+    A kind of :class:`StoreUnavailable`: it clears once memory frees up, so callers treat
+    it as an outage (retry later; the worker gives the message back). It is raised at
+    once, without the retry policy's quick retries, which could not help.
+    """
+
+
+class StoreMisconfigured(PersistenceError):
+    """The store answered, but refuses what the namespace needs for a reason that no retry
+    fixes: a key of the namespace (the dead-letter list, the index) holds a value of
+    another Redis type (``WRONGTYPE``), or scripts cannot be loaded. An operator must act.
+
+    Attributes:
+        key: the key concerned ("" if none).
+        reason: what is wrong, without any value.
+    """
+
+    def __init__(self, key: str, reason: str) -> None:
+        where = f" at {key!r}" if key else ""
+        super().__init__(f"store misconfigured{where}: {reason}")
+        self.key = key
+        self.reason = reason
 
 
 class HandOffError(PersistenceError):

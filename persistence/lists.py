@@ -3,17 +3,22 @@
 The core knows nothing of what the entries mean: the Celery layer keeps its dead letters in
 one (:meth:`BaseCheckpointer.dead_letter_list`), JSON-encoded. In Redis it is one list key,
 written with ``LPUSH`` + ``LTRIM`` in one transaction, every call through the store's retry
-policy.
+policy. Readers page through it (:meth:`BoundedList.page`), never all of it at once. A list
+key that holds another Redis type raises :class:`StoreMisconfigured` (an operator's fix, not
+an outage to wait out).
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 from abc import ABC, abstractmethod
 from collections import deque
 from typing import Any
 
 import redis
+import redis.exceptions as rex
+from agents_persistence.errors import StoreMisconfigured
 from agents_persistence.retry import RetryPolicy
 
 __all__ = ["BoundedList", "MemoryList", "RedisList"]
@@ -31,9 +36,13 @@ class BoundedList(ABC):
     def push(self, entry: bytes) -> None:
         """Add ``entry`` as the newest (dropping the oldest beyond ``max_length``)."""
 
-    @abstractmethod
     def newest(self, limit: int) -> list[bytes]:
         """Up to ``limit`` entries, newest first."""
+        return self.page(0, limit)
+
+    @abstractmethod
+    def page(self, start: int, count: int) -> list[bytes]:
+        """Up to ``count`` entries from position ``start`` (0: the newest), newest first."""
 
     @abstractmethod
     def remove(self, entry: bytes) -> bool:
@@ -71,18 +80,19 @@ class RedisList(BoundedList):
             pipe.ltrim(self.key, 0, self.max_length - 1)
             pipe.execute()
 
-        self.retry.call(self.name, _push)
+        self._call(_push)
 
-    def newest(self, limit: int) -> list[bytes]:
-        raw = self.retry.call(self.name, self.client.lrange, self.key, 0, limit - 1)
+    def page(self, start: int, count: int) -> list[bytes]:
+        if count < 1:
+            return []
+        raw = self._call(self.client.lrange, self.key, start, start + count - 1)
         return [_as_bytes(item) for item in raw]
 
     def remove(self, entry: bytes) -> bool:
-        removed = self.retry.call(self.name, self.client.lrem, self.key, 1, entry)  # type: ignore[arg-type]
-        return bool(removed)
+        return bool(self._call(self.client.lrem, self.key, 1, entry))
 
     def count(self) -> int:
-        return int(self.retry.call(self.name, self.client.llen, self.key))
+        return int(self._call(self.client.llen, self.key))
 
     def clear(self) -> int:
         def _clear() -> Any:
@@ -91,8 +101,19 @@ class RedisList(BoundedList):
             pipe.delete(self.key)
             return pipe.execute()
 
-        n, _ = self.retry.call(self.name, _clear)
+        n, _ = self._call(_clear)
         return int(n)
+
+    def _call(self, fn: Any, *args: Any) -> Any:
+        """``fn(*args)`` through the retry policy; WRONGTYPE is StoreMisconfigured."""
+        try:
+            return self.retry.call(self.name, fn, *args)
+        except rex.ResponseError as exc:
+            if "WRONGTYPE" in str(exc):
+                raise StoreMisconfigured(
+                    self.key, "the list key holds a value of another Redis type (WRONGTYPE)"
+                ) from exc
+            raise
 
 
 class MemoryList(BoundedList):
@@ -107,9 +128,9 @@ class MemoryList(BoundedList):
         with self._lock:
             self._items.appendleft(bytes(entry))
 
-    def newest(self, limit: int) -> list[bytes]:
+    def page(self, start: int, count: int) -> list[bytes]:
         with self._lock:
-            return list(self._items)[:limit]
+            return list(itertools.islice(self._items, start, start + max(count, 0)))
 
     def remove(self, entry: bytes) -> bool:
         with self._lock:

@@ -17,10 +17,12 @@ from agents_persistence.base import (
     DEFAULT_TOMBSTONE_TTL,
     BaseCheckpointer,
     TTLLike,
+    check_limit,
     check_page_size,
 )
 from agents_persistence.checkpoint import Checkpoint, PreparedSave, WriteOutcome, WriteResult
 from agents_persistence.codec import Codec
+from agents_persistence.errors import InvalidInput
 from agents_persistence.lists import MemoryList
 from agents_persistence.validation import check_thread_id
 from agents_persistence.versions import VersionClock
@@ -64,6 +66,7 @@ class InMemoryCheckpointer(BaseCheckpointer):
         self._records: dict[str, _Entry] = {}
         self._index: dict[str, float] = {}  # thread id -> expiry, like the Redis sorted set
         self._dead_letters: MemoryList | None = None
+        self._foreign: dict[str, MemoryList] = {}
 
     def __repr__(self) -> str:
         return (
@@ -84,6 +87,11 @@ class InMemoryCheckpointer(BaseCheckpointer):
         with self._lock:
             now = self._now()
             for s in saves:
+                try:
+                    self.codec.check_header(s.version, s.saved_at_ms)
+                except InvalidInput as exc:
+                    results.append(exc)
+                    continue
                 entry = self._live(s.thread_id, now)
                 current = entry.version if entry is not None else 0
                 if s.version <= current:
@@ -123,8 +131,7 @@ class InMemoryCheckpointer(BaseCheckpointer):
             return WriteResult(thread_id, target, WriteOutcome.WRITTEN, target)
 
     def cleanup_expired(self, limit: int | None = None) -> int:
-        if limit is not None:
-            check_page_size(limit)
+        check_limit(limit)
         with self._lock:
             now = self._now()
             expired = [tid for tid, exp in self._index.items() if exp <= now]
@@ -176,7 +183,15 @@ class InMemoryCheckpointer(BaseCheckpointer):
             return len(self._index) - expired, expired
 
     # -- what tools need ------------------------------------------------------------------------
-    def dead_letter_list(self, max_length: int) -> MemoryList:
+    def dead_letter_list(self, max_length: int, *, namespace: str | None = None) -> MemoryList:
+        if namespace is not None and namespace != self.namespace:
+            # Another namespace's list: another InMemoryCheckpointer holds it, out of reach;
+            # kept here apart from this namespace's own (never mixed into it).
+            with self._lock:
+                found = self._foreign.get(namespace)
+                if found is None or found.max_length != max_length:
+                    found = self._foreign[namespace] = MemoryList(max_length)
+                return found
         with self._lock:
             if self._dead_letters is None or self._dead_letters.max_length != max_length:
                 kept = self._dead_letters.newest(max_length) if self._dead_letters else []

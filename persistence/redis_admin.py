@@ -31,11 +31,13 @@ class RedisAdmin:
         keys: Keys
         retry: RetryPolicy
 
-    def dead_letter_list(self, max_length: int) -> RedisList:
-        """The list ``<namespace>:deadletter``, capped at ``max_length`` entries."""
+    def dead_letter_list(self, max_length: int, *, namespace: str | None = None) -> RedisList:
+        """The list ``<namespace>:deadletter``, capped at ``max_length`` entries (another
+        namespace's, if ``namespace`` names one)."""
+        keys = self.keys if namespace is None else Keys(namespace)
         return RedisList(
             self.client,
-            self.keys.dead_letters,
+            keys.dead_letters,
             max_length=max_length,
             retry=self.retry,
             name="dead-letter",

@@ -19,8 +19,10 @@ import redis.exceptions as rex
 from agents_persistence.base import (
     DEFAULT_NAMESPACE,
     DEFAULT_TOMBSTONE_TTL,
+    MAX_PAGE_SIZE,
     BaseCheckpointer,
     TTLLike,
+    check_limit,
     check_page_size,
 )
 from agents_persistence.checkpoint import Checkpoint, PreparedSave, WriteOutcome, WriteResult
@@ -33,7 +35,7 @@ from agents_persistence.codec import (
     Record,
     format_version,
 )
-from agents_persistence.errors import CorruptState
+from agents_persistence.errors import CorruptState, InvalidInput, StoreMisconfigured
 from agents_persistence.keys import Keys
 from agents_persistence.redis_admin import RedisAdmin
 from agents_persistence.retry import RetryPolicy, is_transient
@@ -46,12 +48,23 @@ from redis.retry import Retry
 if TYPE_CHECKING:
     from agents_persistence.config.settings import Settings
 
-__all__ = ["INLINE_MAX_BYTES", "LARGE_RECORD_BYTES", "RedisCheckpointer"]
+__all__ = [
+    "CHUNK_BYTES",
+    "CHUNK_SAVES",
+    "INLINE_MAX_BYTES",
+    "LARGE_RECORD_BYTES",
+    "RedisCheckpointer",
+]
 
 #: Records up to this size go to the script as an argument (one EVALSHA); larger ones are
 #: staged with SET inside MULTI/EXEC and RENAMEd, because copying a large argument into Lua
 #: costs more than the extra commands (measured: bench/, P3).
 INLINE_MAX_BYTES = 32 * 1024
+#: Most saves, and most record bytes, in one MULTI/EXEC of :meth:`RedisCheckpointer.save_many`.
+#: One EXEC holds Redis for all of its commands: a 30,000-save batch in one held every
+#: other client ~0.3-1.4 s here; chunks of 500 hold it a few ms each (docs/bad-input.md).
+CHUNK_SAVES = 500
+CHUNK_BYTES = 8 * 1024 * 1024
 #: Loads of a thread whose last record had at least this many bytes read header and body
 #: apart (``MULTI; GETRANGE 0 39; GETRANGE 40 -1; EXEC``), so the body needs no copy to
 #: drop the header: a second MB-sized allocation that may fault every page in afresh.
@@ -178,14 +191,44 @@ class RedisCheckpointer(RedisAdmin, BaseCheckpointer):
 
     # -- writes ---------------------------------------------------------------------------------
     def save_many(self, saves: Sequence[PreparedSave]) -> list[WriteResult | Exception]:
-        if not saves:
-            return []
-        return self.retry.call("save", self._save_many_once, saves)
+        """Apply many prepared saves, in transactions of at most :data:`CHUNK_SAVES` saves
+        and :data:`CHUNK_BYTES` bytes each (one round trip each), so no single ``EXEC``
+        holds Redis for long; each chunk has its own retries. A save whose header cannot
+        be written (version, save time) gets its own typed error and is not sent."""
+        results: list[WriteResult | Exception | None] = [None] * len(saves)
+        chunk: list[tuple[int, PreparedSave, bytes]] = []
+        size = 0
+        for i, s in enumerate(saves):
+            try:
+                record = self.codec.pack(s.body, s.version, s.saved_at_ms)
+            except InvalidInput as exc:
+                results[i] = exc
+                continue
+            if chunk and (len(chunk) >= CHUNK_SAVES or size + len(record) > CHUNK_BYTES):
+                self._save_chunk(chunk, results)
+                chunk, size = [], 0
+            chunk.append((i, s, record))
+            size += len(record)
+        if chunk:
+            self._save_chunk(chunk, results)
+        return [r for r in results if r is not None]
 
-    def _save_many_once(self, saves: Sequence[PreparedSave]) -> list[WriteResult | Exception]:
-        keys, codec, sha = self.keys, self.codec, self._save.sha
+    def _save_chunk(
+        self,
+        chunk: list[tuple[int, PreparedSave, bytes]],
+        results: list[WriteResult | Exception | None],
+    ) -> None:
+        saves = [s for _, s, _ in chunk]
+        records = [record for _, _, record in chunk]
+        done = self.retry.call("save", self._save_many_once, saves, records)
+        for (i, _, _), result in zip(chunk, done, strict=True):
+            results[i] = result
+
+    def _save_many_once(
+        self, saves: Sequence[PreparedSave], records: Sequence[bytes]
+    ) -> list[WriteResult | Exception]:
+        keys, sha = self.keys, self._save.sha
         staging, index, ttl = keys.staging, keys.index, self._ttl_arg
-        records = [codec.pack(s.body, s.version, s.saved_at_ms) for s in saves]
         if len(saves) == 1 and len(records[0]) <= INLINE_MAX_BYTES:
             return [self._save_inline(saves[0], records[0])]
         pipe = self.client.pipeline(transaction=True)
@@ -219,7 +262,8 @@ class RedisCheckpointer(RedisAdmin, BaseCheckpointer):
                 lambda: self.client.execute_command("EVALSHA", *args),  # type: ignore[no-untyped-call]
             )
         except rex.ResponseError as exc:
-            if is_transient(exc):  # read-only replica, TRYAGAIN...: the retry policy's call
+            # read-only replica, TRYAGAIN...: the retry policy's call; OOM: StoreFull there
+            if is_transient(exc) or isinstance(exc, rex.OutOfMemoryError):
                 raise
             return self._result(s, exc)
         return self._result(s, reply)
@@ -258,13 +302,15 @@ class RedisCheckpointer(RedisAdmin, BaseCheckpointer):
         Cost grows with the number of expired entries, not with the index. Safe to run from
         several processes at once.
         """
-        batch = 10_000 if limit is None else check_page_size(limit)
+        check_limit(limit)
         removed = 0
         while True:
+            # one script call removes at most MAX_PAGE_SIZE entries: Redis is never held long
+            batch = MAX_PAGE_SIZE if limit is None else min(MAX_PAGE_SIZE, limit - removed)
             n = int(self.retry.call("cleanup", self._eval, self._cleanup, (self.keys.index,),
                                     (batch,)))  # fmt: skip
             removed += n
-            if n < batch or limit is not None:
+            if n < batch or (limit is not None and removed >= limit):
                 return removed
 
     # -- reads ----------------------------------------------------------------------------------
@@ -364,7 +410,10 @@ class RedisCheckpointer(RedisAdmin, BaseCheckpointer):
             return call()
         except rex.NoScriptError:
             self.client.script_load(script.source)
+        try:
             return call()
+        except rex.NoScriptError as exc:  # loaded, yet unknown: a proxy that drops scripts
+            raise StoreMisconfigured("", f"script {script.name} cannot be kept loaded") from exc
 
     def _execute(self, pipe: Any, script: LuaScript) -> list[Any]:
         """Run a pipeline holding EVALSHAs of ``script`` (replies, errors included)."""
@@ -383,8 +432,8 @@ class RedisCheckpointer(RedisAdmin, BaseCheckpointer):
 
         replies = self._with_script(script, run)
         for reply in replies:
-            if isinstance(reply, (rex.ConnectionError, rex.TimeoutError)):
-                raise reply
+            if isinstance(reply, (rex.ConnectionError, rex.TimeoutError, rex.OutOfMemoryError)):
+                raise reply  # store-wide: the retry policy decides (OOM: StoreFull)
         return replies
 
     def _eval(
@@ -400,8 +449,9 @@ class RedisCheckpointer(RedisAdmin, BaseCheckpointer):
                 lambda: self.client.evalsha(script.sha, len(keys), *keys, *args),  # type: ignore[arg-type]
             )
         except rex.ResponseError as exc:
-            if thread_id is not None and not isinstance(exc, rex.ReadOnlyError):
-                raise self._typed(thread_id, exc) from exc
+            typed = None if thread_id is None else self._typed(thread_id, exc)
+            if typed is not None and typed is not exc:
+                raise typed from exc
             raise
 
     @staticmethod

@@ -4,7 +4,9 @@ Only errors on the allow-list below are retried: the connection dropped or timed
 server is still loading its data set, or it is a replica that turned read-only during a
 failover. Everything else (bad credentials, a script error, WRONGTYPE) fails at once. When
 the policy gives up, :class:`~persistence.errors.StoreUnavailable` is raised from the last
-error.
+error. A server out of memory under ``noeviction`` (``OOM``) raises
+:class:`~persistence.errors.StoreFull` (a ``StoreUnavailable``) at once: quick retries
+cannot free memory, the callers' slower retries (Celery's countdowns) can.
 
 The first call runs without tenacity, so the happy path costs nothing; after a transient
 failure the call is retried at once (a pooled connection that the server dropped usually
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from typing import Final, ParamSpec, TypeVar
 
 import redis.exceptions as rex
-from agents_persistence.errors import StoreUnavailable
+from agents_persistence.errors import StoreFull, StoreUnavailable
 from tenacity import (
     Retrying,
     before_sleep_log,
@@ -85,6 +87,8 @@ class RetryPolicy:
         """Run ``fn``; on transient errors retry within the bounds, then StoreUnavailable."""
         try:
             return fn(*args, **kwargs)
+        except rex.OutOfMemoryError as exc:
+            raise StoreFull(f"{what}: store out of memory ({_describe(exc)})") from exc
         except Exception as exc:
             if not is_transient(exc):
                 raise
@@ -104,6 +108,8 @@ class RetryPolicy:
         )
         try:
             return retrying(fn, *args, **kwargs)
+        except rex.OutOfMemoryError as exc:
+            raise StoreFull(f"{what}: store out of memory ({_describe(exc)})") from exc
         except Exception as exc:
             if not is_transient(exc):
                 raise

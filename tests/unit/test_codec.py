@@ -144,7 +144,7 @@ def test_size_cap_on_both_sides() -> None:
         (b"{not json", "not valid JSON"),
         (b"[1]", "must be an object"),
         (b'{"todos": 1}', "invalid snapshot"),
-        (b'{"scratchpad": {"x": NaN}}', "not valid JSON"),
+        (b'{"scratchpad": {"x": NaN}}', "NaN or Infinity"),
         (b'{"files": {"a": "\xff"}}', "not valid JSON"),
     ],
 )
