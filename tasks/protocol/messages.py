@@ -8,7 +8,14 @@ A save message (task ``agents_persistence.save_state``) carries keyword argument
 The snapshot travels as a JSON string so the worker can validate it and store the very
 bytes the producer encoded (no re-encoding); a batch message
 (``agents_persistence.save_states``) carries ``namespace`` and a list of ``entries`` with
-the other four fields each.
+the other four fields each. An entry that is not even an object is refused on its own;
+its neighbours are still written.
+
+Every field is bounded by the rules a save on the agent side obeys
+(:mod:`agents_persistence.validation`): thread ids, versions (1 .. 2**63-1), save times
+(0 .. year 9999 in ms), the snapshot (parsed by the load path's own parser, then held to
+the same depth, integer and size limits). A message naming another namespace is
+:class:`ForeignNamespace`: its dead letter belongs to that namespace's list.
 """
 
 from __future__ import annotations
@@ -19,12 +26,21 @@ from typing import Any
 from agents_persistence.checkpoint import PreparedSave
 from agents_persistence.codec import Codec
 from agents_persistence.errors import InvalidInput
-from agents_persistence.validation import check_thread_id, check_version, describe_error
-from pydantic import BaseModel, ConfigDict, ValidationError
+from agents_persistence.validation import (
+    MAX_SAVED_AT_MS,
+    NAMESPACE_PATTERN,
+    check_saved_at_ms,
+    check_thread_id,
+    check_version,
+    describe_error,
+)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 __all__ = [
     "BadMessage",
+    "ForeignNamespace",
     "batch_message",
+    "entry_kwargs",
     "parse_batch",
     "parse_delete",
     "parse_entry",
@@ -38,7 +54,20 @@ _SAVE_FIELDS = ("namespace", "thread_id", "version", "state", "saved_at_ms")
 
 
 class BadMessage(InvalidInput):
-    """A message whose shape is wrong: arity, unknown or missing keys, types, namespace."""
+    """A message whose shape is wrong: arity, unknown or missing keys, types, ranges."""
+
+
+class ForeignNamespace(BadMessage):
+    """A well-formed message for another namespace than the worker's.
+
+    Only possible where operators route two namespaces to one queue (each namespace has a
+    queue of its own by default). ``namespace`` is the message's, a valid namespace: the
+    worker records the dead letter in that namespace's list, where its operators look.
+    """
+
+    def __init__(self, namespace: str, expected: str) -> None:
+        super().__init__(f"message for namespace {namespace!r} reached a worker of {expected!r}")
+        self.namespace = namespace
 
 
 class _Strict(BaseModel):
@@ -49,7 +78,7 @@ class SaveEntry(_Strict):
     thread_id: str
     version: int
     state: str
-    saved_at_ms: int
+    saved_at_ms: int = Field(ge=0, le=MAX_SAVED_AT_MS)
 
 
 class SaveMessage(SaveEntry):
@@ -58,7 +87,7 @@ class SaveMessage(SaveEntry):
 
 class BatchMessage(_Strict):
     namespace: str
-    entries: list[dict[str, Any]]
+    entries: list[Any]  # each checked on its own: one bad entry spoils no other
 
 
 class DeleteMessage(_Strict):
@@ -99,8 +128,11 @@ def _as_kwargs(args: Sequence[Any], kwargs: Mapping[str, Any], fields: Sequence[
 
 
 def _check_namespace(got: str, expected: str) -> None:
-    if got != expected:
-        raise BadMessage(f"message for namespace {got!r} reached a worker of {expected!r}")
+    if got == expected:
+        return
+    if NAMESPACE_PATTERN.match(got):
+        raise ForeignNamespace(got, expected)
+    raise BadMessage(f"message names an invalid namespace; this worker serves {expected!r}")
 
 
 def parse_save(
@@ -115,10 +147,9 @@ def parse_save(
     return to_prepared(msg, codec)
 
 
-def parse_batch(
-    args: Sequence[Any], kwargs: Mapping[str, Any], *, namespace: str
-) -> list[dict[str, Any]]:
-    """Check a batch message's envelope; entries are checked one by one by the caller."""
+def parse_batch(args: Sequence[Any], kwargs: Mapping[str, Any], *, namespace: str) -> list[Any]:
+    """Check a batch message's envelope; entries are checked one by one by the caller
+    (:func:`parse_entry`)."""
     try:
         msg = BatchMessage.model_validate(_as_kwargs(args, kwargs, ("namespace", "entries")))
     except ValidationError as exc:
@@ -127,8 +158,10 @@ def parse_batch(
     return msg.entries
 
 
-def parse_entry(entry: Mapping[str, Any], codec: Codec) -> PreparedSave:
+def parse_entry(entry: Any, codec: Codec) -> PreparedSave:
     """Check one batch entry (raises InvalidInput)."""
+    if not isinstance(entry, Mapping):
+        raise BadMessage(f"batch entry is not an object but {type(entry).__name__}")
     try:
         msg = SaveEntry.model_validate(entry)
     except ValidationError as exc:
@@ -152,10 +185,19 @@ def parse_delete(
     return msg
 
 
+def entry_kwargs(namespace: str, entry: Any) -> dict[str, Any]:
+    """The keyword arguments of a single save message for one batch entry (its dead
+    letter replays as one); an entry that is not an object is kept under ``entry``."""
+    if isinstance(entry, Mapping):
+        return {"namespace": namespace, **entry}
+    return {"namespace": namespace, "entry": entry}
+
+
 def to_prepared(msg: SaveEntry, codec: Codec) -> PreparedSave:
-    """Validate the entry's thread id, version and snapshot JSON."""
+    """Validate the entry's thread id, version, save time and snapshot JSON."""
     check_thread_id(msg.thread_id)
     check_version(msg.version)
+    check_saved_at_ms(msg.saved_at_ms)
     body = msg.state.encode("utf-8", "surrogatepass")
     codec.load_json(body)  # validates; the producer's bytes are what gets stored
     return PreparedSave(msg.thread_id, msg.version, body, msg.saved_at_ms)

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 from agents_persistence.checkpoint import PreparedSave, WriteResult
 from agents_persistence.errors import CorruptState, InvalidInput, StoreUnavailable
 from agents_persistence.tasks.protocol.messages import (
+    ForeignNamespace,
+    entry_kwargs,
     parse_batch,
     parse_delete,
     parse_entry,
@@ -40,7 +42,7 @@ from agents_persistence.tasks.protocol.names import (
     SAVE_BATCH_TASK,
     SAVE_TASK,
 )
-from agents_persistence.tasks.worker.dead_letters import make_entry
+from agents_persistence.tasks.worker.dead_letters import DeadLetters, make_entry
 from billiard.einfo import ExceptionWithTraceback  # type: ignore[attr-defined]
 from celery import Task
 from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded, Terminated
@@ -127,12 +129,19 @@ class PersistenceTask(Task):  # type: ignore[type-arg]
         """Record a permanent failure; if even that fails, give the message back.
 
         ``task`` names the task that replays the entry (default: this one); one bad entry
-        of a batch is recorded as a single save, so it replays as one.
+        of a batch is recorded as a single save, so it replays as one. A message of another
+        namespace (:class:`ForeignNamespace`) is recorded in that namespace's list.
         """
+        letters, namespace = self.papp.dead_letters, self.papp.settings.namespace
+        if isinstance(exc, ForeignNamespace):
+            namespace = exc.namespace
+            letters = DeadLetters(
+                self.papp.store.dead_letter_list(letters.max_length, namespace=namespace)
+            )
         entry = make_entry(
             str(exc) or type(exc).__name__,
             type(exc).__name__,
-            namespace=self.papp.settings.namespace,
+            namespace=namespace,
             task=task or self.name,
             task_id=self.request.id,
             retries=self.request.retries,
@@ -141,7 +150,7 @@ class PersistenceTask(Task):  # type: ignore[type-arg]
             **extra,
         )
         try:
-            self.papp.dead_letters.push(entry)
+            letters.push(entry)
         except Exception as push_exc:
             logger.error("dead-letter list unavailable (%s); message returned to the queue",
                          push_exc)  # fmt: skip
@@ -249,9 +258,7 @@ def save_states(self: PersistenceTask, *args: Any, **kwargs: Any) -> dict[str, A
         try:
             valid.append((entry, parse_entry(entry, app.store.codec)))
         except InvalidInput as exc:
-            self.dead_letter(
-                exc, (), {"namespace": namespace, **entry}, task=SAVE_TASK, batch=True
-            )
+            self.dead_letter(exc, (), entry_kwargs(namespace, entry), task=SAVE_TASK, batch=True)
             counts["dead_lettered"] += 1
     try:
         results = app.store.save_many([save for _, save in valid])
