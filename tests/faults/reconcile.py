@@ -7,6 +7,8 @@ Deletes are recorded with the tombstone version they left. After the fault and t
 then ``load_checkpoint`` for the threads still live) and the dead-letter list, and puts every
 save in exactly one class, the first that applies:
 
+``failed``
+    the caller was told: ``save_state`` raised a typed :class:`PersistenceError`;
 ``durable``
     the store holds the thread at this very version, with this save's content;
 ``dead_lettered``
@@ -14,8 +16,6 @@ save in exactly one class, the first that applies:
     in a batch entry): not lost, but an operator must look at it, so it is reported;
 ``superseded``
     the store holds a newer version (a later save, or a delete's tombstone);
-``failed``
-    the caller was told: ``save_state`` raised a typed :class:`PersistenceError`;
 ``lost``
     anything else: an older version is held, nothing is held, or the content at this
     version is not what was handed off. Must be 0.
