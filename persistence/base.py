@@ -27,6 +27,7 @@ __all__ = [
     "DEFAULT_TOMBSTONE_TTL",
     "MAX_PAGE_SIZE",
     "BaseCheckpointer",
+    "CheckpointerCore",
     "TTLLike",
     "to_milliseconds",
 ]
@@ -60,14 +61,9 @@ def to_milliseconds(value: TTLLike, what: str) -> int | None:
     return ms
 
 
-class BaseCheckpointer(ABC):
-    """Shared behaviour of :class:`RedisCheckpointer` and :class:`InMemoryCheckpointer`.
-
-    Besides the contract, a store offers what tools around it need, so none of them reaches
-    into a particular implementation: its :attr:`namespace`, :meth:`dead_letter_list`,
-    :meth:`key_count`, :meth:`server_info`, :meth:`ping`, :meth:`purge_threads` and
-    :meth:`drop_namespace`.
-    """
+class CheckpointerCore:
+    """What every checkpointer shares, blocking or async: the namespace, TTLs, codec and
+    version clock, and :meth:`prepare` (validate, version, encode)."""
 
     def __init__(
         self,
@@ -97,7 +93,6 @@ class BaseCheckpointer(ABC):
         """Lifetime of a thread's state after its last save, or None."""
         return None if self.ttl_ms is None else timedelta(milliseconds=self.ttl_ms)
 
-    # -- the contract ---------------------------------------------------------------------
     def prepare(
         self, thread_id: str, state: AgentStateSnapshot, *, version: int | None = None
     ) -> PreparedSave:
@@ -111,6 +106,28 @@ class BaseCheckpointer(ABC):
         body = self.codec.dump_json(coerce_snapshot(state))
         return PreparedSave(thread_id, version, body, time.time_ns() // 1_000_000)
 
+    def _delete_version(self, version: int | None) -> int | None:
+        return None if version is None else check_version(version)
+
+    @staticmethod
+    def _only(results: Sequence[WriteResult | Exception]) -> WriteResult:
+        """The result of a one-save batch (its error raised)."""
+        (result,) = results
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+
+class BaseCheckpointer(CheckpointerCore, ABC):
+    """Shared behaviour of :class:`RedisCheckpointer` and :class:`InMemoryCheckpointer`.
+
+    Besides the contract, a store offers what tools around it need, so none of them reaches
+    into a particular implementation: its :attr:`namespace`, :meth:`dead_letter_list`,
+    :meth:`key_count`, :meth:`server_info`, :meth:`ping`, :meth:`purge_threads` and
+    :meth:`drop_namespace`.
+    """
+
+    # -- the contract ---------------------------------------------------------------------
     def save_state(
         self, thread_id: str, state: AgentStateSnapshot, *, version: int | None = None
     ) -> WriteResult:
@@ -127,10 +144,7 @@ class BaseCheckpointer(ABC):
 
     def save_prepared(self, save: PreparedSave) -> WriteResult:
         """Apply one prepared save (see :meth:`save_many`)."""
-        result = self.save_many([save])[0]
-        if isinstance(result, Exception):
-            raise result
-        return result
+        return self._only(self.save_many([save]))
 
     @abstractmethod
     def save_many(self, saves: Sequence[PreparedSave]) -> list[WriteResult | Exception]:
@@ -227,9 +241,6 @@ class BaseCheckpointer(ABC):
     def drop_namespace(self) -> int:
         """Remove everything the namespace holds; returns how many keys (entries) went.
         Nothing outside the namespace is touched."""
-
-    def _delete_version(self, version: int | None) -> int | None:
-        return None if version is None else check_version(version)
 
 
 def check_page_size(page_size: int) -> int:
