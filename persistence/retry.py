@@ -17,13 +17,14 @@ both an attempt count and a deadline.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final, ParamSpec, TypeVar
+from typing import Final, NoReturn, ParamSpec, TypeVar
 
 import redis.exceptions as rex
 from agents_persistence.errors import StoreFull, StoreUnavailable
 from tenacity import (
+    AsyncRetrying,
     Retrying,
     before_sleep_log,
     retry_if_exception,
@@ -54,6 +55,7 @@ _PERMANENT: Final[tuple[type[BaseException], ...]] = (
 
 P = ParamSpec("P")
 T = TypeVar("T")
+R = TypeVar("R", Retrying, AsyncRetrying)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -87,15 +89,29 @@ class RetryPolicy:
         """Run ``fn``; on transient errors retry within the bounds, then StoreUnavailable."""
         try:
             return fn(*args, **kwargs)
-        except rex.OutOfMemoryError as exc:
-            raise StoreFull(f"{what}: store out of memory ({_describe(exc)})") from exc
         except Exception as exc:
-            if not is_transient(exc):
-                raise
-            if self.attempts == 0:
-                raise StoreUnavailable(f"{what}: store unavailable ({_describe(exc)})") from exc
-            logger.warning("%s: transient store error (%s); retrying", what, _describe(exc))
-        retrying = Retrying(
+            self._first_failure(what, exc)
+        try:
+            return self._retrying(Retrying)(fn, *args, **kwargs)
+        except Exception as exc:
+            self._gave_up(what, exc)
+
+    async def acall(
+        self, what: str, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """:meth:`call` for a coroutine function: the same bounds, allow-list and errors,
+        with tenacity's ``AsyncRetrying`` (its sleeps never block the event loop)."""
+        try:
+            return await fn(*args, **kwargs)
+        except Exception as exc:
+            self._first_failure(what, exc)
+        try:
+            return await self._retrying(AsyncRetrying)(fn, *args, **kwargs)
+        except Exception as exc:
+            self._gave_up(what, exc)
+
+    def _retrying(self, kind: type[R]) -> R:
+        return kind(
             stop=stop_after_attempt(self.attempts) | stop_after_delay(self.deadline),
             wait=wait_exponential_jitter(
                 max=self.max_backoff,
@@ -106,16 +122,26 @@ class RetryPolicy:
             before_sleep=before_sleep_log(logger, logging.WARNING),
             reraise=True,
         )
-        try:
-            return retrying(fn, *args, **kwargs)
-        except rex.OutOfMemoryError as exc:
+
+    def _first_failure(self, what: str, exc: Exception) -> None:
+        """Return if the first call's error is worth retrying; raise what it means if not."""
+        if isinstance(exc, rex.OutOfMemoryError):
             raise StoreFull(f"{what}: store out of memory ({_describe(exc)})") from exc
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            raise StoreUnavailable(
-                f"{what}: store unavailable after {self.attempts + 1} attempts ({_describe(exc)})"
-            ) from exc
+        if not is_transient(exc):
+            raise exc
+        if self.attempts == 0:
+            raise StoreUnavailable(f"{what}: store unavailable ({_describe(exc)})") from exc
+        logger.warning("%s: transient store error (%s); retrying", what, _describe(exc))
+
+    def _gave_up(self, what: str, exc: Exception) -> NoReturn:
+        """Raise what the last error means once the retries are over."""
+        if isinstance(exc, rex.OutOfMemoryError):
+            raise StoreFull(f"{what}: store out of memory ({_describe(exc)})") from exc
+        if not is_transient(exc):
+            raise exc
+        raise StoreUnavailable(
+            f"{what}: store unavailable after {self.attempts + 1} attempts ({_describe(exc)})"
+        ) from exc
 
     @property
     def worst_case_seconds(self) -> float:
