@@ -11,6 +11,7 @@ Retry ``n`` (counted from 0) waits a random time in ``[c / 2, c]`` with
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass
 
@@ -51,3 +52,6 @@ class Backoff:
 
 
 _RANDOM = random.Random()
+# Reseeded in a forked child: a prefork worker's pool children would otherwise draw the same
+# countdowns, and the jitter would not spread their retries.
+os.register_at_fork(after_in_child=_RANDOM.seed)
