@@ -1,7 +1,8 @@
 """agents-persistence core: versioned, retrying agent-state checkpointers.
 
-Use :class:`RedisCheckpointer` in production and :class:`InMemoryCheckpointer` in tests;
-both keep the :class:`Checkpointer` contract with the same semantics.
+Use :class:`RedisCheckpointer` in production (:class:`AsyncRedisCheckpointer` on asyncio)
+and :class:`InMemoryCheckpointer` in tests; all keep the :class:`Checkpointer` contract with
+the same semantics.
 
 The names below load on first use (PEP 562), so importing a submodule or the pytest plugin
 does not pull in redis-py or pydantic before they are needed.
@@ -13,6 +14,7 @@ import importlib as _importlib
 import typing as _typing
 
 if _typing.TYPE_CHECKING:
+    from agents_persistence.async_store import AsyncRedisCheckpointer
     from agents_persistence.base import BaseCheckpointer
     from agents_persistence.checkpoint import Checkpoint, PreparedSave, WriteOutcome, WriteResult
     from agents_persistence.codec import Codec
@@ -47,6 +49,7 @@ if _typing.TYPE_CHECKING:
 _EXPORTS: dict[str, str] = {
     "AgentInterrupt": "models",
     "AgentStateSnapshot": "models",
+    "AsyncRedisCheckpointer": "async_store",
     "BaseCheckpointer": "base",
     "Checkpoint": "checkpoint",
     "Checkpointer": "protocol",
@@ -80,6 +83,7 @@ _EXPORTS: dict[str, str] = {
 __all__ = [
     "AgentInterrupt",
     "AgentStateSnapshot",
+    "AsyncRedisCheckpointer",
     "BaseCheckpointer",
     "Checkpoint",
     "Checkpointer",

@@ -315,6 +315,10 @@ class RedisOps:
         total, expired = yield Pipeline((("ZCARD", index), ("ZCOUNT", index, "-inf", now_ms)))
         return int(total) - int(expired), int(expired)
 
+    def ping(self) -> Op[None]:
+        """One PING."""
+        yield Command(("PING",))
+
     # -- scripts --------------------------------------------------------------------------------
     def _script(self, script: LuaScript, request: Request) -> Op[Any]:
         """Send ``request``, which runs ``script`` by its SHA; if the server lost its scripts
