@@ -7,7 +7,16 @@ and keyword arguments win over both: ``Settings(redis_url=..., namespace=...)``.
 URLs are held as :class:`pydantic.SecretStr`, so a password inside them never reaches a
 ``repr``, a log line or a validation error (its ``str()``, ``errors()`` and ``json()`` alike:
 inputs are redacted before the error leaves ``Settings``); :func:`redact_url` gives the
-printable form.
+printable form. A password may sit in the user info (``redis://:pw@host``) or in the query
+(``redis://host?password=pw``, as redis-py reads it); both are redacted, and the broker URL
+Celery gets carries it in the user info (kombu cannot read it from the query).
+
+Each namespace has a queue of its own unless ``queue`` is set: ``agents_persistence`` for
+the default namespace ``agents`` (the queue name before namespaces had their own, so a
+rolling upgrade strands nothing), ``agents_persistence.<namespace>`` for any other.
+Two fleets with different namespaces on one broker never see each other's hand-offs; to
+share a queue on purpose, set the same ``queue`` on both (a worker then dead-letters the
+other namespace's hand-offs into that namespace's own list, where its operators look).
 
 Changing one setting never makes the others' defaults invalid. Where a check relates two
 fields, the one left unset follows the one that was set (a larger soft time limit raises the
@@ -20,10 +29,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from agents_persistence.backoff import Backoff
-from agents_persistence.validation import check_namespace
+from agents_persistence.config.urls import (
+    DEFAULT_QUEUE,
+    password_in_userinfo,
+    query_problem,
+    queue_for,
+    redact_url,
+)
+from agents_persistence.validation import MAX_TTL_SECONDS, check_namespace
 from pydantic import (
     Field,
     ModelWrapValidatorHandler,
@@ -52,26 +68,12 @@ _HARD_LIMIT = 90.0
 _SOFT_MARGIN = 10.0
 _HARD_MARGIN = 30.0
 
+#: Largest size cap: a record (cap plus the load margin of a quarter) stays below Redis's
+#: default largest string (proto-max-bulk-len, 512 MB).
+_MAX_SNAPSHOT_BYTES = 256 * 1024 * 1024
+
 _REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 _BROKER_SCHEMES = frozenset({"redis", "rediss", "amqp", "amqps", "pyamqp", "memory"})
-
-
-def redact_url(url: str | SecretStr | None) -> str:
-    """Return ``url`` with any password replaced by ``***`` (safe to print or log)."""
-    if url is None:
-        return "-"
-    raw = url.get_secret_value() if isinstance(url, SecretStr) else url
-    try:
-        parts = urlsplit(raw)
-        if parts.password is None:
-            return raw
-        host = parts.hostname or ""
-        if parts.port is not None:
-            host = f"{host}:{parts.port}"
-        user = parts.username or ""
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-    except ValueError:
-        return "<unparseable url>"
 
 
 def _check_url(value: SecretStr, schemes: frozenset[str], what: str) -> SecretStr:
@@ -86,6 +88,9 @@ def _check_url(value: SecretStr, schemes: frozenset[str], what: str) -> SecretSt
         raise ValueError(f"{what} must use one of the schemes {allowed}")
     if parts.scheme not in {"unix", "memory"} and not parts.hostname:
         raise ValueError(f"{what} has no host")
+    problem = query_problem(parts)
+    if problem:
+        raise ValueError(f"{what} {problem}")
     return value
 
 
@@ -137,19 +142,25 @@ class Settings(BaseSettings):
     )
     namespace: str = Field(default="agents", description="First segment of every key.")
     queue: str = Field(
-        default="agents_persistence",
+        default=DEFAULT_QUEUE,
         min_length=1,
         max_length=200,
-        description="Celery queue the hand-offs go to and the workers consume.",
+        description="Celery queue the hand-offs go to and the workers consume; unset: the "
+        "namespace's own (agents_persistence for the namespace agents, "
+        "agents_persistence.<namespace> for any other).",
     )
 
     # -- retention ------------------------------------------------------------------------
     ttl_seconds: float | None = Field(
-        default=None, gt=0, description="Lifetime of a thread's state; refreshed by each save."
+        default=None,
+        gt=0,
+        le=MAX_TTL_SECONDS,
+        description="Lifetime of a thread's state; refreshed by each save (at most 100 years).",
     )
     tombstone_ttl_seconds: float = Field(
         default=_TOMBSTONE_TTL,
         gt=0,
+        le=MAX_TTL_SECONDS,
         description="How long a delete's tombstone keeps older saves out. At least the "
         "visibility timeout plus the whole task retry span (363 s with the defaults); unset: "
         "a day, or that sum if longer.",
@@ -159,6 +170,7 @@ class Settings(BaseSettings):
     max_snapshot_bytes: int = Field(
         default=16 * 1024 * 1024,
         ge=1024,
+        le=_MAX_SNAPSHOT_BYTES,
         description="Largest snapshot accepted, in bytes of JSON (SnapshotTooLarge above).",
     )
     compress_threshold_bytes: int | None = Field(
@@ -314,6 +326,8 @@ class Settings(BaseSettings):
         values that were set (by keyword, environment or ``.env``) can conflict.
         """
         given = self.model_fields_set
+        if "queue" not in given:
+            self._derive("queue", queue_for(self.namespace))
         if self.retry_max_backoff_seconds < self.retry_initial_backoff_seconds:
             if "retry_max_backoff_seconds" not in given:
                 self._derive("retry_max_backoff_seconds", self.retry_initial_backoff_seconds)
@@ -357,7 +371,7 @@ class Settings(BaseSettings):
         if soft <= call:
             raise ValueError(f"task_soft_time_limit_seconds must exceed {call_text}")
 
-    def _derive(self, name: str, value: float) -> None:
+    def _derive(self, name: str, value: object) -> None:
         # Settings are frozen; this runs once, inside validation, for a field left unset.
         self.__dict__[name] = value
 
@@ -391,8 +405,10 @@ class Settings(BaseSettings):
     # -- derived values -----------------------------------------------------------------------
     @property
     def broker(self) -> SecretStr:
-        """The broker URL actually used (the store's server unless set)."""
-        return self.broker_url if self.broker_url is not None else self.redis_url
+        """The broker URL actually used (the store's server unless set), its password in
+        the user info even if it was given as ``?password=`` (kombu reads only that)."""
+        url = self.broker_url if self.broker_url is not None else self.redis_url
+        return SecretStr(password_in_userinfo(url.get_secret_value()))
 
     @property
     def task_backoff(self) -> Backoff:

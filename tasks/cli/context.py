@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from functools import cached_property
 from typing import Any, NoReturn
-from urllib.parse import unquote, urlsplit
 
 import click
 import redis
 from agents_persistence.config.settings import Settings
+from agents_persistence.config.urls import url_passwords
 from agents_persistence.errors import PersistenceError
 from agents_persistence.redis_store import RedisCheckpointer
 from agents_persistence.tasks.devtools.celery_process import CeleryProcessError
@@ -77,15 +77,8 @@ class Context:
                 self.settings.redis_url.get_secret_value(),
                 self.settings.broker.get_secret_value(),
             ]
-        found: list[str] = []
-        for url in urls:
-            try:
-                password = urlsplit(url).password
-            except ValueError:
-                continue
-            if password:
-                found += [password, unquote(password)]
-        return sorted(set(found), key=len, reverse=True)
+        found = {secret for url in urls for secret in url_passwords(url)}
+        return sorted(found, key=len, reverse=True)
 
 
 def describe(exc: BaseException) -> str:

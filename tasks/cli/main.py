@@ -13,6 +13,7 @@ import sys
 from typing import Literal
 
 import click
+from agents_persistence.base import MAX_PAGE_SIZE
 from agents_persistence.config.settings import redact_url
 from agents_persistence.tasks.cli.context import CliGroup, Context, fail, pass_context
 from agents_persistence.tasks.cli.demo import DemoOptions, run_demo
@@ -52,7 +53,7 @@ def main(ctx: click.Context, redis_url: str | None, namespace: str | None, verbo
     show_default=True,
     help="Stop after this many threads (0: all).",
 )
-@click.option("--page-size", type=click.IntRange(1, 100_000), default=500, show_default=True)
+@click.option("--page-size", type=click.IntRange(1, MAX_PAGE_SIZE), default=500, show_default=True)
 @pass_context
 def list_threads(obj: Context, limit: int, page_size: int) -> None:
     """Print live thread ids, one per line (paginated; expired ones left out)."""
@@ -112,7 +113,7 @@ def delete(obj: Context, thread_id: str, version: int | None) -> None:
 @main.command()
 @click.option(
     "--limit",
-    type=click.IntRange(1, 100_000),
+    type=click.IntRange(min=1),
     default=None,
     help="Remove at most this many entries (default: all).",
 )
@@ -160,23 +161,41 @@ def dead_letters() -> None:
     """Hand-offs that failed for good: list, replay, purge."""
 
 
+def _printable(value: object, width: int = 200) -> str:
+    """``value`` safe to print: at most ``width`` characters, every control, invisible or
+    bidi character as its escape (``\\x1b``, ``\\u202e``)."""
+    text = str(value)[:width]
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text
+
+
+def _shown(value: object, width: int = 200) -> str:
+    """:func:`_printable`, for a rich table (no markup)."""
+    return escape(_printable(value, width))
+
+
 @dead_letters.command("list")
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print whole entries as JSON.")
 @pass_context
 def dead_letters_list(obj: Context, limit: int, as_json: bool) -> None:
-    """The newest dead letters first."""
-    entries = obj.dead_letters.list(limit)
-    if as_json:
-        click.echo(json.dumps(entries, indent=2, sort_keys=True))
+    """The newest dead letters first (read a page at a time; malformed ones escaped)."""
+    entries = obj.dead_letters.iter_entries(limit)
+    if as_json:  # one JSON array, written entry by entry; ASCII-escaped
+        click.echo("[")
+        for i, entry in enumerate(entries):
+            text = json.dumps(entry, indent=2, sort_keys=True, default=repr)
+            click.echo(("," if i else "") + text)
+        click.echo("]")
         return
     table = Table(title=f"{obj.dead_letters.count()} dead letter(s)")
     for column in ("id", "at", "task", "error", "reason"):
         table.add_column(column, overflow="fold")
     for e in entries:
+        reason = e.get("raw") if e.get("malformed") else e.get("reason", "")
         table.add_row(
-            *(escape(str(e.get(k) or "-")) for k in ("id", "at", "task", "error")),
-            escape(str(e.get("reason", ""))[:200]),
+            *(_shown(e.get(k) or "-") for k in ("id", "at", "task", "error")), _shown(reason)
         )
     obj.console.print(table)
 
@@ -186,22 +205,21 @@ def dead_letters_list(obj: Context, limit: int, as_json: bool) -> None:
 @pass_context
 def dead_letters_replay(obj: Context, entry_id: str) -> None:
     """Publish a dead letter's task again, then remove the entry."""
-    entry = next(
-        (
-            e
-            for e in obj.dead_letters.list(obj.settings.dead_letter_max_length)
-            if e.get("id") == entry_id
-        ),
-        None,
-    )
-    if entry is None:
-        fail(f"no dead letter with id {entry_id!r}")
+    found = obj.dead_letters.find(entry_id)  # pages through the list
+    if found is None:
+        fail(f"no dead letter with id {_printable(entry_id)!r}")
+    raw, entry = found
     task, args, kwargs = entry.get("task"), entry.get("args", []), entry.get("kwargs")
     if not isinstance(task, str) or not isinstance(kwargs, dict) or not isinstance(args, list):
-        kind = "a raw message body" if "body_base64" in entry else "no task arguments"
+        if entry.get("truncated"):
+            kind = f"an excerpt of {entry.get('original_bytes')} bytes"
+        elif "body_base64" in entry:
+            kind = "a raw message body"
+        else:
+            kind = "no task arguments"
         fail(
-            f"dead letter {entry_id} holds {kind} ({entry.get('error')}); it cannot be "
-            "replayed, only inspected (dead-letters list --json) or purged"
+            f"dead letter {entry_id} holds {kind} ({_printable(entry.get('error'))}); it cannot "
+            "be replayed, only inspected (dead-letters list --json) or purged"
         )
     obj.app.send_task(
         task,
@@ -211,8 +229,8 @@ def dead_letters_replay(obj: Context, entry_id: str) -> None:
         retry=True,
         retry_policy={"max_retries": obj.settings.publish_max_retries},
     )
-    obj.dead_letters.remove(entry_id)
-    click.echo(f"replayed {entry_id} as {task} on queue {obj.settings.queue}")
+    obj.dead_letters.entries.remove(raw)
+    click.echo(f"replayed {entry_id} as {_printable(task)} on queue {obj.settings.queue}")
 
 
 @dead_letters.command("purge")
