@@ -49,7 +49,7 @@ class Savers:
         self._made.append(saver)
         return saver
 
-    def keys(self) -> list[bytes]:
+    def stored_keys(self) -> list[bytes]:
         """Every key of the namespace, sorted."""
         return sorted(self.raw.scan_iter(match=f"{self.namespace}:*", count=1000))
 
