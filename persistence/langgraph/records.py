@@ -24,6 +24,7 @@ __all__ = [
     "blob_field",
     "blob_value",
     "decode_blob",
+    "decode_blob_value",
     "decode_link",
     "decode_record",
     "decode_write",
@@ -129,10 +130,15 @@ def blob_value(typed: Typed | None) -> bytes:
 def decode_blob(field: bytes, value: bytes) -> tuple[str, Typed | None]:
     """``(channel, typed value or None)``."""
     (channel,), _ = split(field, 1)
+    return channel.decode(), decode_blob_value(value)
+
+
+def decode_blob_value(value: bytes) -> Typed | None:
+    """A stored blob's typed value, or None for a channel without one."""
     if not value:
-        return channel.decode(), None
+        return None
     (vtype,), pos = split(value, 1)
-    return channel.decode(), (vtype.decode(), value[pos:])
+    return vtype.decode(), value[pos:]
 
 
 # -- pending writes -------------------------------------------------------------------------------
@@ -140,6 +146,7 @@ def decode_blob(field: bytes, value: bytes) -> tuple[str, Typed | None]:
 class Write:
     """One pending write as stored."""
 
+    checkpoint_id: str
     task_id: str
     idx: int
     channel: str
@@ -164,14 +171,18 @@ def write_member(channel: str, value: Typed, task_path: str) -> bytes:
 
 def decode_write(member: bytes) -> Write:
     """Parse a pending write member."""
-    (_, task_id, idx), pos = split(member, 3)
+    (checkpoint_id, task_id, idx), pos = split(member, 3)
     if member[pos : pos + 1] != b"|":
         raise ValueError("pending write without its separator")
     (channel, vtype, task_path), pos = split(member, 3, pos + 1)
     return Write(
-        task_id.decode(), int(idx), channel.decode(), (vtype.decode(), member[pos:]),
+        checkpoint_id.decode(),
+        task_id.decode(),
+        int(idx),
+        channel.decode(),
+        (vtype.decode(), member[pos:]),
         task_path.decode(),
-    )  # fmt: skip
+    )
 
 
 # -- runs -----------------------------------------------------------------------------------------

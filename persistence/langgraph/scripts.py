@@ -11,7 +11,7 @@ from agents_persistence.scripts import LuaScript
 __all__ = ["SCRIPT_NAMES", "saver_script"]
 
 #: Every script of the saver (all are loaded again after a NOSCRIPT).
-SCRIPT_NAMES = ("drop", "drop_runs", "heads", "load", "prune", "put_writes", "touch")
+SCRIPT_NAMES = ("drop", "drop_runs", "heads", "history", "load", "prune", "put_writes", "touch")
 
 
 @cache
