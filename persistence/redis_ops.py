@@ -31,7 +31,7 @@ from agents_persistence.codec import (
 from agents_persistence.errors import CorruptState, InvalidInput, StoreMisconfigured
 from agents_persistence.keys import Keys
 from agents_persistence.scripts import LuaScript, lua
-from agents_persistence.validation import check_thread_id, check_version
+from agents_persistence.validation import MAX_VERSION, check_thread_id, check_version
 
 __all__ = [
     "CHUNK_BYTES",
@@ -399,10 +399,11 @@ class Sweep:
 
 
 def _header_version(head: object) -> int:
-    # Only a header with 20 digits is ours (as in the Lua scripts); anything else reads as 0.
+    # Only a header with 20 digits up to MAX_VERSION is ours (as in the Lua scripts);
+    # anything else reads as 0.
     if isinstance(head, bytes) and len(head) == VERSION_END and head.startswith(MAGIC):
         digits = head[VERSION_START:VERSION_END]
-        if digits.isdigit():
+        if digits.isdigit() and int(digits) <= MAX_VERSION:
             return int(digits)
     return 0
 

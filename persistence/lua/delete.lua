@@ -13,8 +13,10 @@ if string.find(head, '^AP[2-9]') then
 end
 local current = '00000000000000000000'
 local kind = ''
--- Only a header with 20 digits is ours; anything else reads as version 0 (replaceable).
-if #head == 24 and string.sub(head, 1, 3) == 'AP1' and string.find(head, '^%d+$', 5) then
+-- Only a header with 20 digits, at most 2^63-1, is ours; anything else reads as version 0
+-- (replaceable): a larger version would make every later save stale.
+if #head == 24 and string.sub(head, 1, 3) == 'AP1' and string.find(head, '^%d+$', 5)
+    and string.sub(head, 5, 24) <= '09223372036854775807' then
   current = string.sub(head, 5, 24)
   kind = string.sub(head, 4, 4)
 end
