@@ -20,14 +20,18 @@ from typing import TYPE_CHECKING, Any
 import redis
 import redis.asyncio as aredis
 from agents_persistence.base import DEFAULT_NAMESPACE, TTLLike, to_milliseconds
+from agents_persistence.langgraph import records as rec
 from agents_persistence.langgraph.driver import AsyncDriver, SyncDriver
+from agents_persistence.langgraph.handoff import from_wire
 from agents_persistence.langgraph.history import delta_history
 from agents_persistence.langgraph.keys import SaverKeys
 from agents_persistence.langgraph.maintenance import Maintenance
-from agents_persistence.langgraph.operations import Layout
+from agents_persistence.langgraph.operations import Layout, target
+from agents_persistence.langgraph.writebehind import WriteBehind, as_handoff
 from agents_persistence.retry import RetryPolicy
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
+    WRITES_IDX_MAP,
     BaseCheckpointSaver,
     ChannelVersions,
     Checkpoint,
@@ -89,6 +93,8 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
         refresh_on_read: bool = False,
         serde: SerializerProtocol | None = None,
         retry: RetryPolicy | None = None,
+        handoff: object | None = None,
+        handoff_timeout: float = 30.0,
     ) -> None:
         super().__init__(serde=serde)
         if client is None and aclient is None:
@@ -106,6 +112,13 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
         )
         self._sync = None if client is None else SyncDriver(client, self.retry)
         self._async = None if aclient is None else AsyncDriver(aclient, self.retry)
+        self._behind: WriteBehind | None = None
+        if handoff is not None:
+            if self._sync is None:
+                raise ValueError("write-behind (handoff=) needs a sync client")
+            self._behind = WriteBehind(
+                as_handoff(handoff), self.namespace, self._sync, handoff_timeout
+            )
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -118,6 +131,7 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
         refresh_on_read: bool = False,
         serde: SerializerProtocol | None = None,
         retry: RetryPolicy | None = None,
+        handoff: object | None = None,
         socket_timeout: float = 5.0,
         socket_connect_timeout: float = 2.0,
         **redis_kwargs: Any,
@@ -125,6 +139,7 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
         """Connect to ``redis://``, ``rediss://`` (TLS) or ``unix://`` ``url`` with a sync and
         an asyncio client (neither connects before its first command). Extra keyword
         arguments go to both clients' ``from_url`` (``max_connections``, ``ssl_ca_certs``...).
+        ``handoff``: a ``CeleryCheckpointer`` (or a :class:`CheckpointHandOff`) for write-behind.
         """
         common: dict[str, Any] = {
             "socket_timeout": socket_timeout,
@@ -142,6 +157,7 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
             refresh_on_read=refresh_on_read,
             serde=serde,
             retry=retry,
+            handoff=handoff,
         )
 
     @classmethod
@@ -151,6 +167,7 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
         *,
         refresh_on_read: bool = False,
         serde: SerializerProtocol | None = None,
+        handoff: object | None = None,
     ) -> RedisCheckpointSaver:
         """Build from :class:`config.Settings` (URL, namespace, TTL, retry bounds, timeouts)."""
         return cls.from_url(
@@ -162,6 +179,7 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
             retry=settings.build_retry_policy(),
             socket_timeout=settings.socket_timeout_seconds,
             socket_connect_timeout=settings.socket_connect_timeout_seconds,
+            handoff=handoff,
         )
 
     @property
@@ -199,6 +217,7 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         """The checkpoint the config names (newest of its thread and namespace without a
         ``checkpoint_id``) with its values and pending writes, or None."""
+        self._settle([target(config).thread_id])
         return self._driver.run(self._ops.get_tuple(config))
 
     def list(
@@ -211,6 +230,7 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
     ) -> Iterator[CheckpointTuple]:
         """Checkpoints newest first (of every thread when ``config`` is None), keeping those
         whose metadata equals ``filter`` on each of its keys, older than ``before``."""
+        self._settle(None if config is None else [target(config).thread_id])
         op = self._ops.listing(config, filter=filter, before=before, limit=limit)
         return self._driver.iterate(op)
 
@@ -222,7 +242,12 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
         """Store a checkpoint; returns the config naming it."""
-        return self._driver.run(self._ops.put(config, checkpoint, metadata, new_versions))
+        op = self._ops.put(config, checkpoint, metadata, new_versions)
+        if self._behind is None:
+            return self._driver.run(op)
+        t = target(config)
+        cp_key = self.layout.keys.thread(t.thread_id).checkpoints(t.checkpoint_ns)
+        return self._behind.hand_off(op, t.thread_id, ("HEXISTS", cp_key, checkpoint["id"]))
 
     def put_writes(
         self,
@@ -232,24 +257,36 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
         task_path: str = "",
     ) -> None:
         """Store a task's pending writes for the checkpoint the config names."""
-        self._driver.run(self._ops.put_writes(config, writes, task_id, task_path))
+        op = self._ops.put_writes(config, writes, task_id, task_path)
+        if self._behind is None or not writes:
+            self._driver.run(op)
+            return
+        t = target(config)
+        key = self.layout.keys.thread(t.thread_id).writes(t.checkpoint_ns)
+        first = rec.write_key(str(t.checkpoint_id), task_id, WRITES_IDX_MAP.get(writes[0][0], 0))
+        probe = ("ZRANGEBYLEX", key, b"[" + first + b"|", b"(" + first + b"}", "LIMIT", 0, 1)
+        self._behind.hand_off(op, t.thread_id, probe)
 
     def delete_thread(self, thread_id: str) -> None:
         """Delete every checkpoint, blob and write of a thread."""
+        self._settle([str(thread_id)])
         self._driver.run(self._ops.delete_thread(thread_id))
 
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
         """Delete the checkpoints and writes the given runs made (LangGraph's warning on
         delta channels applies: this deletes what it is asked to)."""
+        self._settle(None)
         self._driver.run(self._ops.delete_for_runs(run_ids))
 
     def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         """Copy a thread's whole history (every namespace, ancestor, blob and write)."""
+        self._settle([str(source_thread_id), str(target_thread_id)])
         self._driver.run(self._ops.copy_thread(source_thread_id, target_thread_id))
 
     def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         """``keep_latest``: keep each checkpoint namespace's newest checkpoint, plus the
         ancestors (and their writes) its delta channels are rebuilt from; ``delete``: all."""
+        self._settle([str(t) for t in thread_ids])
         self._driver.run(self._ops.prune(thread_ids, strategy))
 
     def get_delta_channel_history(
@@ -257,7 +294,29 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
     ) -> Mapping[str, DeltaChannelHistory]:
         """LangGraph's delta-channel history of a checkpoint, in one script call (the base
         class makes a round trip per ancestor)."""
+        self._settle([target(config).thread_id])
         return self._driver.run(delta_history(self._ops, config, channels))
+
+    # -- write-behind -------------------------------------------------------------------------
+    def flush(self, timeout: float | None = 30.0) -> None:
+        """Write-behind: block until every hand-off of this saver is durable in Redis.
+
+        Raises:
+            FlushTimeout: naming the threads still pending after ``timeout`` seconds.
+        """
+        if self._behind is not None:
+            self._behind.settle(None, timeout)
+
+    def apply_handoff(self, batches: Sequence[object]) -> None:
+        """Run handed-off batches (the worker task's call); each is checked first
+        (:func:`~agents_persistence.langgraph.handoff.from_wire`: ValueError if refused)."""
+        checked = [from_wire(b, self.layout.keys) for b in batches]
+        for batch in checked:
+            self._driver.execute(batch)
+
+    def _settle(self, thread_ids: Sequence[str] | None) -> None:
+        if self._behind is not None:
+            self._behind.settle(thread_ids)
 
     def get_next_version(self, current: str | None, channel: None) -> str:
         """LangGraph's string versions: a zero-padded counter and a random suffix, so
@@ -273,7 +332,7 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
     # -- async --------------------------------------------------------------------------------
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         """Async :meth:`get_tuple`."""
-        if self._async is None:
+        if self._async is None or self._behind is not None:
             return await asyncio.to_thread(self.get_tuple, config)
         return await self._async.run(self._ops.get_tuple(config))
 
@@ -286,7 +345,7 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
         limit: int | None = None,
     ) -> AsyncIterator[CheckpointTuple]:
         """Async :meth:`list`."""
-        if self._async is None:
+        if self._async is None or self._behind is not None:
             found = await asyncio.to_thread(
                 lambda: [*self.list(config, filter=filter, before=before, limit=limit)]
             )
@@ -305,7 +364,7 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
         """Async :meth:`put`."""
-        if self._async is None:
+        if self._async is None or self._behind is not None:
             return await asyncio.to_thread(self.put, config, checkpoint, metadata, new_versions)
         return await self._async.run(self._ops.put(config, checkpoint, metadata, new_versions))
 
@@ -317,7 +376,7 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
         task_path: str = "",
     ) -> None:
         """Async :meth:`put_writes`."""
-        if self._async is None:
+        if self._async is None or self._behind is not None:
             await asyncio.to_thread(self.put_writes, config, writes, task_id, task_path)
             return
         await self._async.run(self._ops.put_writes(config, writes, task_id, task_path))
@@ -326,7 +385,7 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
         self, *, config: RunnableConfig, channels: Sequence[str]
     ) -> Mapping[str, DeltaChannelHistory]:
         """Async :meth:`get_delta_channel_history`."""
-        if self._async is None:
+        if self._async is None or self._behind is not None:
             return await asyncio.to_thread(
                 lambda: self.get_delta_channel_history(config=config, channels=channels)
             )
@@ -346,10 +405,12 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
 
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         """Async :meth:`prune`."""
-        await self._arun("prune", thread_ids, strategy)
+        await self._arun("prune", thread_ids, strategy=strategy)
 
-    async def _arun(self, name: str, *args: Any) -> None:
-        if self._async is None:
-            await asyncio.to_thread(lambda: self._driver.run(getattr(self._ops, name)(*args)))
+    async def _arun(self, name: str, *args: Any, **kwargs: Any) -> None:
+        # Without an asyncio client, or in write-behind mode (which settles hand-offs first),
+        # the sync method runs in a worker thread.
+        if self._async is None or self._behind is not None:
+            await asyncio.to_thread(getattr(self, name), *args, **kwargs)
             return
-        await self._async.run(getattr(self._ops, name)(*args))
+        await self._async.run(getattr(self._ops, name)(*args, **kwargs))

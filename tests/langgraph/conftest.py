@@ -17,17 +17,28 @@ import redis
 import redis.asyncio as aredis
 from agents_persistence.langgraph import RedisCheckpointSaver
 
+from tests.integration.conftest import (  # noqa: F401 - fixtures for write-behind tests
+    celery_beat_factory,
+    celery_worker_factory,
+    stack,
+    stack_factory,
+)
+
 HERE = Path(__file__).parent
 
 SaverFactory = Callable[..., RedisCheckpointSaver]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Items of this package that use no real server are ``unit`` tests."""
+    """Items of this package that use no real server are ``unit`` tests; those with real
+    workers (``stack``) are ``integration`` tests."""
     for item in items:
         if HERE not in Path(str(item.path)).parents:
             continue
-        real = "real_redis_url" in getattr(item, "fixturenames", ())
+        names = getattr(item, "fixturenames", ())
+        if "stack" in names or "stack_factory" in names:
+            item.add_marker(pytest.mark.integration)
+        real = bool({"real_redis_url", "redis_server_factory"} & set(names))
         if not real and item.get_closest_marker("redis") is None:
             item.add_marker(pytest.mark.unit)
 
