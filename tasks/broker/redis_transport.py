@@ -21,6 +21,18 @@ This transport closes the window the usual way for Redis queues:
 A message is thus always in the queue, in an in-flight list, or in ``unacked``. Recovered
 messages may be delivered twice; the versioned writes make that harmless.
 
+An entry on a queue that is not a kombu envelope of the expected shape (any bytes can be
+pushed onto a list: ``LPUSH <queue> garbage``) would raise in the decode and end the worker,
+the entry lost. Such an entry is moved, in one transaction with its removal from the
+in-flight list, to the broker-side list ``_agents_persistence/unparsable/<queue>`` as a
+bounded record (:func:`~agents_persistence.tasks.broker.envelope.unparsable_record`). The transport
+does not know the namespace or the store: the worker's consumer installs
+``Transport.on_unparsable`` (see :mod:`agents_persistence.tasks.worker.consumer`), and each
+record is handed to it oldest first and removed once it returned, so it ends as a dead letter
+of the namespace; without a hook, or while the hook fails, records wait in the bounded list
+(:data:`UNPARSABLE_MAX`). Compressed bodies (a ``compression`` header) are set aside the same
+way before kombu would decompress them: the layer never compresses.
+
 A channel whose connection kombu has already given up (a broker restart noticed first on the
 remote-control channel) reports a connection error when asked for a new connection pool,
 rather than kombu's ``AttributeError``, so the worker reconnects instead of exiting.
@@ -35,11 +47,13 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from importlib import metadata, resources
 from queue import Empty
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import redis.exceptions
+from agents_persistence.tasks.broker.envelope import parse_entry, unparsable_record
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.json import dumps, loads
@@ -48,9 +62,12 @@ __all__ = [
     "INFLIGHT_PREFIX",
     "INFLIGHT_REGISTRY",
     "KOMBU_INTERNALS",
+    "UNPARSABLE_MAX",
+    "UNPARSABLE_PREFIX",
     "Channel",
     "QoS",
     "Transport",
+    "UnparsableHook",
     "check_kombu_internals",
     "missing_kombu_internals",
 ]
@@ -62,6 +79,12 @@ logger = logging.getLogger(__name__)
 INFLIGHT_REGISTRY = "_agents_persistence/inflight"
 #: Prefix of the in-flight lists (one per consuming channel and queue).
 INFLIGHT_PREFIX = "_agents_persistence/inflight/"
+#: Prefix of the lists of entries that were not kombu envelopes (one per queue).
+UNPARSABLE_PREFIX: Final = "_agents_persistence/unparsable/"
+#: Longest such list (the oldest records fall off).
+UNPARSABLE_MAX: Final = 1000
+#: Records handed to the hook per unparsable entry met (leftovers of earlier failures too).
+_HAND_OVER_BATCH: Final = 100
 _MIN_LEASE = 10.0
 #: The kombu internals this module overrides or calls, written against kombu 5.7 (the pin in
 #: pyproject.toml). A kombu that renamed one would silently fall back to its own pop (and
@@ -79,6 +102,10 @@ KOMBU_INTERNALS: dict[type, tuple[str, ...]] = {
     virtual.QoS: ("append", "ack"),
     virtual.Transport: ("_deliver",),
 }  # fmt: skip
+
+#: What the worker installs as ``Transport.on_unparsable``: takes one record (``reason``,
+#: ``queue``, ``raw_bytes``, ``sha256``, ``excerpt_base64``, ``truncated``).
+UnparsableHook = Callable[[dict[str, Any]], None]
 
 
 def missing_kombu_internals(
@@ -274,9 +301,13 @@ class Channel(kombu_redis.Channel):
             if not item:
                 raise Empty()
             raw = item if isinstance(item, bytes) else str(item).encode()
+            payload, problem = parse_entry(raw)
+            if problem is not None:
+                self._set_aside(inflight, raw, queue, problem)
+                return True
             self._pending = (inflight, raw)
             try:
-                self.connection._deliver(loads(raw.decode()), queue)
+                self.connection._deliver(payload, queue)
             finally:
                 if self.take_inflight() is not None:
                     # Delivered without being recorded (no-ack consumer, or handed back):
@@ -287,6 +318,42 @@ class Channel(kombu_redis.Channel):
         finally:
             self._in_poll = None
             self._flush_brpop_reauth()
+
+    # -- entries that are not kombu envelopes ---------------------------------------------
+    def _set_aside(self, inflight: str, raw: bytes, queue: str, reason: str) -> None:
+        """Move an undeliverable entry out of flight into its queue's unparsable list
+        (atomically), then hand what that list holds to the hook."""
+        logger.error("queue %r: entry of %d bytes set aside: %s", queue, len(raw), reason)
+        aside = f"{UNPARSABLE_PREFIX}{queue}"
+        record = dumps(unparsable_record(raw, queue, reason))
+        with self.conn_or_acquire() as client:
+            pipe = client.pipeline(transaction=True)
+            pipe.lrem(inflight, 1, raw)
+            pipe.lpush(aside, record)
+            pipe.ltrim(aside, 0, UNPARSABLE_MAX - 1)
+            pipe.execute()
+        self.hand_over_unparsable(aside)
+
+    def hand_over_unparsable(self, aside: str) -> int:
+        """Give the records of ``aside`` to ``Transport.on_unparsable``, oldest first, each
+        removed once the hook returned; stops at the first failure. Returns how many."""
+        hook: UnparsableHook | None = getattr(self.connection, "on_unparsable", None)
+        if hook is None:
+            return 0
+        handed = 0
+        with self.conn_or_acquire() as client:
+            for _ in range(_HAND_OVER_BATCH):
+                record = client.lindex(aside, -1)
+                if record is None:
+                    break
+                try:
+                    hook(loads(record))
+                except Exception:
+                    logger.exception("could not hand over an unparsable entry; kept in %r", aside)
+                    break
+                client.lrem(aside, -1, record)
+                handed += 1
+        return handed
 
     def close(self) -> None:
         leases = list(self._leases)
@@ -312,6 +379,11 @@ class Channel(kombu_redis.Channel):
 
 
 class Transport(kombu_redis.Transport):
-    """kombu's Redis transport with :class:`Channel`."""
+    """kombu's Redis transport with :class:`Channel`.
+
+    ``on_unparsable``: called with the record of each queue entry that was not a kombu
+    envelope (see the module docstring); the worker's consumer sets it.
+    """
 
     Channel = Channel
+    on_unparsable: UnparsableHook | None = None

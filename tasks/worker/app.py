@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ssl
 from functools import cached_property
-from typing import Any
+from typing import Any, cast
 
 from agents_persistence.base import BaseCheckpointer
 from agents_persistence.config.settings import Settings
@@ -13,7 +13,10 @@ from agents_persistence.tasks.protocol.names import CLEANUP_TASK
 from agents_persistence.tasks.worker.dead_letters import DeadLetters
 from celery import Celery
 
-__all__ = ["PersistenceApp", "celery_config", "create_app"]
+__all__ = ["BUILTIN_TASK_PREFIX", "PersistenceApp", "celery_config", "create_app"]
+
+#: Prefix of Celery's built-in task names, none of which the layer serves.
+BUILTIN_TASK_PREFIX = "celery."
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -120,6 +123,21 @@ class PersistenceApp(Celery):
         self.settings = settings
         self._given_store = store
         self.config_from_object(celery_config(settings))
+
+    def finalize(self, auto: bool = False) -> None:
+        """Celery's finalize, then Celery's built-in tasks taken out of the registry.
+
+        Celery registers ``celery.group``, ``celery.chunks``, ``celery.accumulate``,
+        ``celery.backend_cleanup``, ... on every app; a message naming one would run it
+        (a group can publish onto any queue). The layer uses none of them, so the worker
+        serves only the layer's own tasks and refuses the rest as unknown.
+        """
+        first = not cast(Any, self).finalized  # the stubs leave the attribute out
+        super().finalize(auto=auto)
+        if first:
+            registry = self.tasks
+            for name in [n for n in registry if n.startswith(BUILTIN_TASK_PREFIX)]:
+                del registry[name]
 
     @cached_property
     def store(self) -> BaseCheckpointer:

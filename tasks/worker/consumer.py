@@ -4,90 +4,59 @@ Celery's own consumer logs and acknowledges a message whose content type is not 
 (pickle, say), whose body does not decode, or whose task is unknown; the message is then
 gone. This one first records it in the dead-letter list (raw body included, base64, capped)
 so nothing handed off disappears without a trace. It never executes such a message.
+
+Before Celery sees a task message, :func:`~agents_persistence.tasks.worker.message_checks.
+envelope_problem` checks every field Celery reads in this process and the time headers;
+a refused message is dead-lettered. Should Celery's strategy raise anyway, the message is
+dead-lettered rather than ending the worker.
+
+Queue entries that were not even kombu envelopes are set aside by the Redis transport
+(:mod:`agents_persistence.tasks.broker.redis_transport`), which does not know the
+namespace: this consumer installs the transport's ``on_unparsable`` hook on each broker
+connection it opens, and the hook writes their records as dead letters. Compressed bodies
+are never decompressed: kombu's decompressors are replaced, in the worker, by one that
+refuses (the layer never compresses a message).
 """
 
 from __future__ import annotations
 
 import base64
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
+from agents_persistence.tasks.protocol.names import CLEANUP_TASK
 from agents_persistence.tasks.worker.dead_letters import make_entry
+from agents_persistence.tasks.worker.message_checks import MessageLimits, envelope_problem
 from celery.worker.consumer import Consumer
-from kombu.exceptions import ContentDisallowed, DecodeError
+from kombu import compression
 from vine import promise
 
 if TYPE_CHECKING:
     from agents_persistence.tasks.worker.app import PersistenceApp
 
-__all__ = ["DeadLetterConsumer"]
+__all__ = ["DeadLetterConsumer", "refuse_decompression"]
 
 logger = logging.getLogger(__name__)
 
-_MAX_BODY = 64 * 1024
+_MAX_BODY = 16 * 1024
+#: Clock skew allowed between a producer and the worker, on top of the eta bound.
+_ETA_SLACK_SECONDS = 5.0
 
 
-#: Workflow fields of a task message body's third element; the layer never sends them, and
-#: honouring them would let a message start other tasks after ours.
-_EMBED_KEYS = frozenset({"callbacks", "errbacks", "chain", "chord"})
+class CompressedBodyRefused(ValueError):
+    """A message body arrived compressed; the layer never compresses, so it is refused."""
 
 
-def envelope_problem(message: Any) -> str | None:
-    """Why a Celery protocol-2 task message is not one the layer could have sent, or None.
+def _refuse(body: bytes) -> bytes:
+    raise CompressedBodyRefused(f"compressed body of {len(body)} bytes refused")
 
-    Celery reads some envelope fields in the worker's main process, outside any handler:
-    a body that is not ``[args, kwargs, embed]`` or a ``timelimit`` that is not a pair
-    raises there and ends the worker (an "Unrecoverable error"), and the message, given
-    back, ends the next worker too. So the envelope is checked before Celery sees it.
-    Messages whose body cannot be decoded or whose content type is refused are left to
-    Celery, which reports them through :meth:`DeadLetterConsumer.on_decode_error` /
-    ``on_invalid_task``.
-    """
-    headers = message.headers
-    if not isinstance(headers, dict) or "task" not in headers:
-        try:
-            body = message.payload
-        except (DecodeError, ContentDisallowed):
-            return None
-        if isinstance(body, dict) and "task" in body:
-            return "task message of protocol 1 (the layer sends protocol 2 only)"
-        return None  # not a task message: Celery reports it as unknown
-    if not isinstance(headers["task"], str):
-        return "header 'task' is not a string"
-    if not isinstance(headers.get("id"), str) or not headers["id"]:
-        return "header 'id' is not a non-empty string"
-    retries = headers.get("retries", 0)
-    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-        return "header 'retries' is not a non-negative integer"
-    for name in ("eta", "expires"):
-        if headers.get(name) is not None and not isinstance(headers[name], str):
-            return f"header {name!r} is not an ISO 8601 string"
-    limits = headers.get("timelimit")
-    if limits is not None and not (
-        isinstance(limits, (list, tuple))
-        and len(limits) == 2
-        and all(
-            v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in limits
-        )
-    ):
-        return "header 'timelimit' is not a pair of numbers"
-    try:
-        body = message.payload
-    except (DecodeError, ContentDisallowed):
-        return None
-    if not (
-        isinstance(body, (list, tuple))
-        and len(body) == 3
-        and isinstance(body[0], (list, tuple))
-        and isinstance(body[1], dict)
-        and (body[2] is None or isinstance(body[2], dict))
-    ):
-        return "task message body is not [args, kwargs, embed]"
-    embed = body[2] or {}
-    unexpected = sorted(k for k, v in embed.items() if k not in _EMBED_KEYS or v)
-    if unexpected:
-        return f"task message asks for workflow fields the layer never sends: {unexpected}"
-    return None
+
+def refuse_decompression() -> None:
+    """Make every kombu decompressor refuse instead of inflating (idempotent): a few
+    hundred bytes of zlib can inflate to hundreds of MB before anything can check them."""
+    for content_type in compression.encoders():
+        encoder = cast(Any, compression.get_encoder(content_type))[0]  # (encoder, type)
+        compression.register(encoder, _refuse, content_type)
 
 
 class DeadLetterConsumer(Consumer):
@@ -97,26 +66,73 @@ class DeadLetterConsumer(Consumer):
     if TYPE_CHECKING:
         connection_errors: tuple[type[BaseException], ...]
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        refuse_decompression()
+        super().__init__(*args, **kwargs)
+        settings = self.app.settings
+        horizon = max(
+            settings.effective_visibility_timeout - settings.task_time_limit_seconds,
+            settings.task_retry_backoff_max_seconds,
+        )
+        self.message_limits = MessageLimits(
+            max_eta_seconds=horizon + _ETA_SLACK_SECONDS, never_expire=frozenset({CLEANUP_TASK})
+        )
+
+    def connect(self) -> Any:
+        """Celery's broker connection, with the transport's ``on_unparsable`` hook set."""
+        conn = super().connect()
+        if hasattr(conn.transport, "on_unparsable"):
+            conn.transport.on_unparsable = self._record_unparsable
+        return conn
+
+    def _record_unparsable(self, record: dict[str, Any]) -> None:
+        """Dead-letter a queue entry the transport could not parse (raises if the store
+        fails, so the transport keeps the record)."""
+        entry = make_entry(
+            f"broker entry is not a task message: {record.get('reason')}",
+            "UnparsableEntry",
+            namespace=self.app.settings.namespace,
+            queue=record.get("queue"),
+            body_base64=record.get("excerpt_base64"),
+            body_truncated=record.get("truncated"),
+            original_bytes=record.get("raw_bytes"),
+            sha256=record.get("sha256"),
+        )
+        self.app.dead_letters.push(entry)
+
     def create_task_handler(self, promise: Any = promise) -> Any:
         """Celery's task-message handler, behind the envelope check (see
         :func:`envelope_problem`)."""
         handle = super().create_task_handler(promise)
 
         def on_task_received(message: Any) -> Any:
-            problem = envelope_problem(message)
+            problem = envelope_problem(message, self.message_limits)
             if problem is None:
-                return handle(message)
-            self._record(message, f"invalid task message: {problem}", "BadMessage")
+                try:
+                    return handle(message)
+                except self.connection_errors:
+                    raise
+                except Exception as exc:  # Celery's strategy raised: that would end us
+                    logger.exception("a task message broke Celery's strategy")
+                    problem = f"Celery could not take the message: {type(exc).__name__}: {exc}"
+                    if message.acknowledged:
+                        self._record(message, problem, "BadMessage")
+                        return None
+            error = "Expired" if problem.startswith("expired") else "BadMessage"
+            self._record(message, f"invalid task message: {problem}", error)
             message.reject_log_error(logger, self.connection_errors)
             return None
 
         return on_task_received
 
     def _record(self, message: Any, reason: str, error: str) -> None:
-        body = message.body if isinstance(message.body, bytes) else str(message.body).encode()
         try:
+            raw = message.body
+            body = raw if isinstance(raw, bytes) else str(raw)[:_MAX_BODY].encode()
             headers = {
-                k: v for k, v in (message.headers or {}).items() if isinstance(v, (str, int))
+                k: v[:1000] if isinstance(v, str) else v
+                for k, v in (message.headers or {}).items()
+                if k in ("task", "id") and isinstance(v, (str, int))
             }
             entry = make_entry(
                 reason,
@@ -124,8 +140,8 @@ class DeadLetterConsumer(Consumer):
                 namespace=self.app.settings.namespace,
                 task=headers.get("task"),
                 task_id=headers.get("id"),
-                content_type=message.content_type,
-                content_encoding=message.content_encoding,
+                content_type=str(message.content_type)[:200],
+                content_encoding=str(message.content_encoding)[:200],
                 body_base64=base64.b64encode(body[:_MAX_BODY]).decode(),
                 body_truncated=len(body) > _MAX_BODY,
             )
