@@ -221,6 +221,12 @@ def dead_letters_replay(obj: Context, entry_id: str) -> None:
             f"dead letter {entry_id} holds {kind} ({_printable(entry.get('error'))}); it cannot "
             "be replayed, only inspected (dead-letters list --json) or purged"
         )
+    if task not in obj.app.tasks:  # the layer's own tasks only (Celery's built-ins are not)
+        fail(
+            f"dead letter {entry_id} names task {_printable(task)!r}, which this layer does "
+            f"not serve ({', '.join(sorted(obj.app.tasks))}); it cannot be replayed, only "
+            "inspected (dead-letters list --json) or purged"
+        )
     obj.app.send_task(
         task,
         args=args,

@@ -19,9 +19,12 @@ from typing import Any
 import pytest
 import redis
 from agents_persistence.tasks import SAVE_TASK
-from agents_persistence.tasks.worker.dead_letters import EXCERPT_BYTES
+from agents_persistence.tasks.cli.main import main
+from agents_persistence.tasks.worker.dead_letters import EXCERPT_BYTES, make_entry
+from click.testing import CliRunner
 
 from tests.catalogue.conftest import Served
+from tests.support.celery_worker import settings_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis]
 
@@ -58,9 +61,7 @@ RAW_ENTRIES: dict[str, bytes] = {
     "json-number": b"5",
     "no-body-no-properties": b'{"hello": "world"}',
     "properties-string": json.dumps({"body": "", "properties": "x"}).encode(),
-    "body-not-base64": json.dumps(
-        {**_envelope(b"x", {}), "body": "%%%not base64%%%"}
-    ).encode(),
+    "body-not-base64": json.dumps({**_envelope(b"x", {}), "body": "%%%not base64%%%"}).encode(),
     "headers-number": json.dumps({**_envelope(b"[]", {}), "headers": 5}).encode(),
     "kombu-type-marker": b'{"__type__": "bytes", "__value__": 5}',
     "huge": b"{" + b"x" * (4 * 1024 * 1024),
@@ -189,3 +190,21 @@ def test_short_countdown_still_runs(served: Served) -> None:
     while served.store.stored_versions(["countdown"])["countdown"] != 3:
         assert datetime.now(UTC) < deadline, served.worker.log_tail()
         time.sleep(0.05)
+
+
+@pytest.mark.parametrize("task", ["celery.group", "celery.accumulate", "os.system"])
+def test_replay_refuses_other_task_names(served: Served, task: str) -> None:
+    """`dead-letters replay` publishes only the layer's own task names: an entry naming
+    another task is refused with a message and kept; nothing is published."""
+    entry = make_entry("store down", "StoreUnavailable", task=task, args=[], kwargs={})
+    served.app.dead_letters.push(entry)
+    env = settings_env(
+        redis_url=served.settings.redis_url.get_secret_value(),
+        namespace=served.settings.namespace,
+        queue=f"replay-{uuid.uuid4().hex[:8]}",
+    )
+    result = CliRunner().invoke(main, ["dead-letters", "replay", entry["id"]], env=env)
+    assert result.exit_code == 1, result.output
+    assert "cannot be replayed" in result.output
+    assert _raw(served).llen(env["AGENTS_PERSISTENCE_QUEUE"]) == 0
+    assert served.app.dead_letters.find(entry["id"]) is not None
