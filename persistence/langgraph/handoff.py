@@ -18,6 +18,7 @@ scripts of the saver, on keys of the saver's namespace, and nothing else.
 from __future__ import annotations
 
 import base64
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -102,6 +103,7 @@ def from_wire(wire: object, keys: SaverKeys) -> Batch:
 class _Pending:
     probe: tuple[Any, ...]  # a read whose reply is truthy once the hand-off is in Redis
     resend: Callable[[], None]
+    batches: list[Batch]
     sent_at: float = field(default_factory=time.monotonic)
 
 
@@ -118,15 +120,33 @@ class PendingHandOffs:
         self._by_thread: dict[str, list[_Pending]] = {}
         self.resent = 0
 
-    def add(self, thread_id: str, probe: tuple[Any, ...], resend: Callable[[], None]) -> None:
-        """Remember a hand-off until ``probe`` answers."""
+    def add(
+        self,
+        thread_id: str,
+        probe: tuple[Any, ...],
+        resend: Callable[[], None],
+        batches: list[Batch],
+    ) -> int:
+        """Remember a hand-off (its ``batches``) until ``probe`` answers; returns how many
+        hand-offs are pending."""
         with self._lock:
-            self._by_thread.setdefault(thread_id, []).append(_Pending(probe, resend))
+            self._by_thread.setdefault(thread_id, []).append(_Pending(probe, resend, batches))
+            return sum(len(items) for items in self._by_thread.values())
+
+    def batches(self, thread_id: str) -> list[Batch]:
+        """The batches of a thread's pending hand-offs, oldest first."""
+        with self._lock:
+            return [b for item in self._by_thread.get(thread_id, []) for b in item.batches]
 
     def threads(self) -> list[str]:
         """Threads with hand-offs not yet seen durable."""
         with self._lock:
             return [t for t, items in self._by_thread.items() if items]
+
+    def prune(self, probe: Callable[[list[tuple[Any, ...]]], list[Any]]) -> None:
+        """One probe round: forget the hand-offs now durable (never waits, never raises)."""
+        with contextlib.suppress(FlushTimeout):
+            self.settle(None, probe, 0.0)
 
     def settle(
         self,

@@ -315,6 +315,10 @@ class Operations:
                 kept.append((cid, ns))
         return kept
 
+    def load_command(self, tk: ThreadKeys, ns: str, ids: Sequence[str]) -> tuple[Any, ...]:
+        """The ``load.lua`` call for ``ids`` of one namespace ([""]: the newest)."""
+        return self._load(tk, ns, ids)
+
     def _load(self, tk: ThreadKeys, ns: str, ids: Sequence[str]) -> tuple[Any, ...]:
         return ("EVALSHA", saver_script("load").sha, 5, *tk.namespace_keys(ns), *ids)
 

@@ -132,6 +132,7 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
         serde: SerializerProtocol | None = None,
         retry: RetryPolicy | None = None,
         handoff: object | None = None,
+        handoff_timeout: float = 30.0,
         socket_timeout: float = 5.0,
         socket_connect_timeout: float = 2.0,
         **redis_kwargs: Any,
@@ -158,6 +159,7 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
             serde=serde,
             retry=retry,
             handoff=handoff,
+            handoff_timeout=handoff_timeout,
         )
 
     @classmethod
@@ -168,6 +170,7 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
         refresh_on_read: bool = False,
         serde: SerializerProtocol | None = None,
         handoff: object | None = None,
+        handoff_timeout: float = 30.0,
     ) -> RedisCheckpointSaver:
         """Build from :class:`config.Settings` (URL, namespace, TTL, retry bounds, timeouts)."""
         return cls.from_url(
@@ -180,6 +183,7 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
             socket_timeout=settings.socket_timeout_seconds,
             socket_connect_timeout=settings.socket_connect_timeout_seconds,
             handoff=handoff,
+            handoff_timeout=handoff_timeout,
         )
 
     @property
@@ -217,7 +221,8 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         """The checkpoint the config names (newest of its thread and namespace without a
         ``checkpoint_id``) with its values and pending writes, or None."""
-        self._settle([target(config).thread_id])
+        if self._behind is not None:
+            return self._behind.get_tuple(self._ops, config)
         return self._driver.run(self._ops.get_tuple(config))
 
     def list(

@@ -17,11 +17,17 @@ from typing import Any, TypeVar, cast
 
 from agents_persistence.langgraph.driver import SyncDriver
 from agents_persistence.langgraph.handoff import CheckpointHandOff, PendingHandOffs, to_wire
-from agents_persistence.langgraph.operations import Batch, Op
+from agents_persistence.langgraph.operations import Batch, Op, Operations, target
+from agents_persistence.langgraph.overlay import get_tuple_overlaid
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import CheckpointTuple
 
 __all__ = ["WriteBehind", "as_handoff", "record"]
 
 T = TypeVar("T")
+
+#: Pending hand-offs worth a probe round (forgetting those now durable) at the next hand-off.
+_PRUNE_MIN = 64
 
 
 def record(op: Op[T]) -> tuple[list[Batch], T]:
@@ -66,6 +72,7 @@ class WriteBehind:
         self.driver = driver
         self.timeout = timeout
         self.pending = PendingHandOffs()
+        self._prune_at = _PRUNE_MIN
 
     def hand_off(self, op: Op[T], thread_id: str, probe: tuple[Any, ...]) -> T:
         """Send ``op``'s batches; remember them until ``probe`` finds them in Redis."""
@@ -76,8 +83,17 @@ class WriteBehind:
             self.handoff.send_checkpoint(self.namespace, thread_id, wire)
 
         send()
-        self.pending.add(thread_id, probe, send)
+        if self.pending.add(thread_id, probe, send, batches) >= self._prune_at:
+            self.pending.prune(self._probe)
+            self._prune_at = max(_PRUNE_MIN, 2 * len(self.pending.threads()))
         return result
+
+    def get_tuple(self, ops: Operations, config: RunnableConfig) -> CheckpointTuple | None:
+        """``get_tuple`` over Redis and this process's pending hand-offs (no waiting)."""
+        batches = self.pending.batches(target(config).thread_id)
+        if not batches:
+            return self.driver.run(ops.get_tuple(config))
+        return self.driver.run(get_tuple_overlaid(ops, config, batches))
 
     def settle(self, thread_ids: Sequence[str] | None, timeout: float | None = None) -> None:
         """Wait until this process's hand-offs of these threads (None: all) are durable."""

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from agents_persistence.config.settings import Settings
+from agents_persistence.errors import FlushTimeout
 from agents_persistence.langgraph import RedisCheckpointSaver, SaverKeys
 from agents_persistence.langgraph.handoff import from_wire, to_wire
 from agents_persistence.langgraph.operations import Batch
@@ -26,6 +27,7 @@ from langgraph.checkpoint.conformance.test_utils import (
     generate_config,
     generate_metadata,
 )
+from langgraph.checkpoint.serde.types import INTERRUPT
 
 from tests.integration.conftest import Stack
 from tests.langgraph.test_conformance import assert_full, run_suite
@@ -110,3 +112,48 @@ def test_what_a_saver_hands_off_is_admitted() -> None:
     batch = from_wire(_wire("EVALSHA", sha, 1, key, b"\x00\xff", "x"), SaverKeys("ns"))
     assert batch.commands == [(b"EVALSHA", sha.encode(), b"1", key.encode(), b"\x00\xff", b"x")]
     assert base64.b64decode(_wire("ZADD", "k", 0, "m")["commands"][0][2]) == b"0"
+
+
+def test_the_agent_reads_its_own_hand_offs_before_any_worker_runs(stack: Stack) -> None:
+    """No worker yet: ``get_tuple`` answers from Redis plus the pending hand-offs (values
+    carried over from an earlier checkpoint, pending writes, special writes replaced);
+    listings wait for the workers; once a worker ran, everyone reads the same."""
+    agent = RedisCheckpointSaver.from_settings(
+        stack.settings, handoff=stack.client(), handoff_timeout=0.2
+    )
+    values = {"a": 1, "b": "kept"}
+    first = agent.put(
+        generate_config("t"),
+        generate_checkpoint(channel_values=values, channel_versions={"a": 1, "b": 1}),
+        generate_metadata(step=0),
+        {"a": 1, "b": 1},
+    )
+    config = generate_config("t")
+    config["configurable"]["checkpoint_id"] = first["configurable"]["checkpoint_id"]
+    second = agent.put(
+        config,
+        generate_checkpoint(channel_values={**values, "a": 2}, channel_versions={"a": 2, "b": 1}),
+        generate_metadata(step=1),
+        {"a": 2},
+    )
+    agent.put_writes(second, [("a", 3), (INTERRUPT, "ask")], "task")
+    agent.put_writes(second, [("a", 4), (INTERRUPT, "ask again")], "task")
+    assert stack.queued() == 4
+    newest = agent.get_tuple(generate_config("t"))
+    assert newest is not None
+    assert newest.config["configurable"] == second["configurable"]
+    assert newest.checkpoint["channel_values"] == {"a": 2, "b": "kept"}
+    assert sorted(map(str, (w[2] for w in newest.pending_writes or []))) == ["3", "ask again"]
+    assert newest.parent_config is not None
+    assert agent.get_tuple(first) is not None
+    with pytest.raises(FlushTimeout):
+        list(agent.list(generate_config("t")))
+    stack.worker(app=WORKER_APP)
+    agent.flush(timeout=30)
+    reader = RedisCheckpointSaver.from_settings(stack.settings)
+    try:
+        assert reader.get_tuple(generate_config("t")) == agent.get_tuple(generate_config("t"))
+        assert len(list(agent.list(generate_config("t")))) == 2
+    finally:
+        reader.close()
+        agent.close()
