@@ -21,7 +21,7 @@ from agents_persistence.langgraph.scripts import SCRIPT_NAMES, saver_script
 from agents_persistence.retry import RetryPolicy, is_transient
 from langgraph.checkpoint.base import CheckpointTuple
 
-__all__ = ["AsyncDriver", "SyncDriver"]
+__all__ = ["AsyncDriver", "SyncDriver", "check_bytes", "single_node"]
 
 T = TypeVar("T")
 
@@ -150,3 +150,19 @@ class AsyncDriver:
             if is_transient(exc) or isinstance(exc, (rex.NoScriptError, rex.OutOfMemoryError)):
                 raise
             raise _typed(exc) from exc
+
+
+def single_node(client: object) -> bool:
+    """False for a Redis Cluster client (sync or asyncio)."""
+    from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+    from redis.cluster import RedisCluster
+
+    return not isinstance(client, (RedisCluster, AsyncRedisCluster))
+
+
+def check_bytes(client: object, what: str) -> None:
+    """Refuse a client that decodes responses (stored values are bytes)."""
+    pool = getattr(client, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", {})
+    if kwargs.get("decode_responses"):
+        raise ValueError(f"{what} must be built with decode_responses=False (values are bytes)")

@@ -21,7 +21,7 @@ import redis
 import redis.asyncio as aredis
 from agents_persistence.base import DEFAULT_NAMESPACE, TTLLike, to_milliseconds
 from agents_persistence.langgraph import records as rec
-from agents_persistence.langgraph.driver import AsyncDriver, SyncDriver
+from agents_persistence.langgraph.driver import AsyncDriver, SyncDriver, check_bytes, single_node
 from agents_persistence.langgraph.handoff import from_wire
 from agents_persistence.langgraph.history import delta_history
 from agents_persistence.langgraph.keys import SaverKeys
@@ -47,20 +47,6 @@ if TYPE_CHECKING:
     from agents_persistence.config.settings import Settings
 
 __all__ = ["RedisCheckpointSaver"]
-
-
-def _single_node(client: object) -> bool:
-    from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
-    from redis.cluster import RedisCluster
-
-    return not isinstance(client, (RedisCluster, AsyncRedisCluster))
-
-
-def _check_bytes(client: object, what: str) -> None:
-    pool = getattr(client, "connection_pool", None)
-    kwargs = getattr(pool, "connection_kwargs", {})
-    if kwargs.get("decode_responses"):
-        raise ValueError(f"{what} must be built with decode_responses=False (values are bytes)")
 
 
 class RedisCheckpointSaver(BaseCheckpointSaver[str]):
@@ -99,8 +85,8 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
         super().__init__(serde=serde)
         if client is None and aclient is None:
             raise ValueError("RedisCheckpointSaver needs a client, an aclient or both")
-        _check_bytes(client, "client")
-        _check_bytes(aclient, "aclient")
+        check_bytes(client, "client")
+        check_bytes(aclient, "aclient")
         self.client = client
         self.aclient = aclient
         self.retry = retry if retry is not None else RetryPolicy()
@@ -108,7 +94,7 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
             SaverKeys(namespace),
             ttl_ms=to_milliseconds(ttl, "ttl"),
             refresh_on_read=refresh_on_read,
-            single_node=_single_node(client if client is not None else aclient),
+            single_node=single_node(client if client is not None else aclient),
         )
         self._sync = None if client is None else SyncDriver(client, self.retry)
         self._async = None if aclient is None else AsyncDriver(aclient, self.retry)
