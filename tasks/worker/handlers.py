@@ -316,3 +316,8 @@ def register_tasks(app: PersistenceApp) -> None:
         (CLEANUP_TASK, cleanup_expired),
     ):
         app.task(name=name, **common)(fn)  # type: ignore[no-untyped-call]
+    # The LangGraph saver's write-behind task (its module imports no LangGraph; importing it
+    # at the top would be circular: it builds on PersistenceTask).
+    from agents_persistence.tasks.worker.langgraph_tasks import register_langgraph_tasks
+
+    register_langgraph_tasks(app)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from agents_persistence.errors import HandOffError, InvalidInput, StoreUnavailable
 from agents_persistence.tasks.client.sender import TaskSender
+from agents_persistence.tasks.protocol.names import SAVE_CHECKPOINT_TASK
 from agents_persistence.tasks.worker.handlers import PersistenceTask, guarded
 from celery.exceptions import SoftTimeLimitExceeded
 from kombu.exceptions import OperationalError
@@ -29,8 +30,6 @@ if TYPE_CHECKING:
 
 __all__ = ["SAVE_CHECKPOINT_TASK", "LangGraphHandOff", "register_langgraph_tasks"]
 
-#: The stable name of the write-behind task.
-SAVE_CHECKPOINT_TASK = "agents_persistence.save_checkpoint"
 
 _BROKER_ERRORS = (OperationalError, ConnectionError, OSError, TimeoutError)
 #: One saver per worker process and app (its connection pool is reused by every task).

@@ -31,12 +31,7 @@ from agents_persistence.tasks.devtools.processes import (
     log_tail,
     spawn,
 )
-from agents_persistence.tasks.protocol.names import (
-    CLEANUP_TASK,
-    DELETE_TASK,
-    SAVE_BATCH_TASK,
-    SAVE_TASK,
-)
+from agents_persistence.tasks.protocol.names import SAVE_TASK, TASK_NAMES
 
 from tests.integration.conftest import Stack, StackFactory
 from tests.support import free_port, sample_state
@@ -45,7 +40,7 @@ from tests.support.celery_worker import REPO_ROOT, CeleryWorker
 
 pytestmark = pytest.mark.integration
 
-OUR_TASKS = {SAVE_TASK, SAVE_BATCH_TASK, DELETE_TASK, CLEANUP_TASK}
+OUR_TASKS = set(TASK_NAMES)
 FLOWER_USER, FLOWER_PASSWORD = "ops", "s3cret-flower"
 
 
