@@ -55,6 +55,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # (agents_persistence.tasks.broker.redis_transport).
         extra["broker_transport"] = "agents_persistence.tasks.broker.redis_transport:Transport"
         transport["priority_steps"] = [0]  # one list per queue: BLMOVE takes one source
+        # The restore sweep's lock key (kombu: 300 s) survives a broker killed mid-sweep
+        # (AOF) and would hold off every restore until it expired. A sweep is at most 10
+        # WATCHed restores, so overlapping sweeps after a short expiry restore nothing twice.
+        transport["unacked_mutex_expire"] = max(5, int(2 * transport["unacked_restore_interval"]))
         if broker.startswith("rediss://"):
             # Verify the server's certificate unless the URL says otherwise
             # (?ssl_cert_reqs=...&ssl_ca_certs=...); kombu alone would not verify it.
@@ -90,6 +94,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_always_eager": settings.eager,
         "task_eager_propagates": True,
         "worker_consumer": "agents_persistence.tasks.worker.consumer:DeadLetterConsumer",
+        # Celery's prefork pool minus a crash on reconnect after a pool child died
+        # (agents_persistence.tasks.worker.pool); -P solo/threads still choose their own.
+        "worker_pool": "agents_persistence.tasks.worker.pool:TaskPool",
         "worker_hijack_root_logger": False,
         # Celery's tools on every broker: inspect/control/status (remote control), and the
         # workers' task events (received, started, succeeded, ...) for Flower and exporters
