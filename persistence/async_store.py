@@ -26,9 +26,13 @@ from agents_persistence.redis_ops import Command, Exchange, Op, Request
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-__all__ = ["AsyncRedisCheckpointer"]
+__all__ = ["DEFAULT_MAX_CONNECTIONS", "AsyncRedisCheckpointer"]
 
 T = TypeVar("T")
+#: Connections a store made by ``from_url`` opens at most (``max_connections=`` to change);
+#: further concurrent calls wait for one (``timeout=``, default 20 s, then a retried
+#: ConnectionError), so any number of coroutines may share one store.
+DEFAULT_MAX_CONNECTIONS = 64
 
 
 class AsyncRedisCheckpointer(RedisStoreBase[aredis.Redis]):
@@ -36,12 +40,20 @@ class AsyncRedisCheckpointer(RedisStoreBase[aredis.Redis]):
     ``fakeredis.aioredis.FakeRedis``): every method of the blocking store's contract,
     awaitable. Arguments: see :class:`~agents_persistence.redis_base.RedisStoreBase`.
 
-    Use ``async with`` (or :meth:`aclose`) to close its connections.
+    Use ``async with`` (or :meth:`aclose`) to close its connections. A store made by
+    :meth:`from_url` keeps at most :data:`DEFAULT_MAX_CONNECTIONS` of them and lets further
+    concurrent calls wait for one; over a client of your own, size its pool for your
+    concurrency (redis-py's asyncio pool refuses calls beyond ``max_connections``).
     """
 
     @classmethod
     def _connect(cls, url: str, **options: Any) -> aredis.Redis:
-        return aredis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
+        # A blocking pool: redis-py's asyncio pool refuses call number 101 (default 100
+        # connections) with MaxConnectionsError, which no retry may fix; thousands of
+        # coroutines sharing one store must wait for a connection instead.
+        options.setdefault("max_connections", DEFAULT_MAX_CONNECTIONS)
+        pool = aredis.BlockingConnectionPool.from_url(url, retry=Retry(NoBackoff(), 0), **options)
+        return aredis.Redis.from_pool(pool)
 
     async def aclose(self) -> None:
         """Close the client's connections."""

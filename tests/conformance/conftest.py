@@ -1,9 +1,12 @@
-"""One ``backend`` fixture, three implementations: every conformance test runs on each.
+"""One ``backend`` fixture, five implementations: every conformance test runs on each.
 
 * ``memory``: :class:`InMemoryCheckpointer` (marked ``unit``);
 * ``fakeredis``: :class:`RedisCheckpointer` on a private ``fakeredis.FakeServer`` (``unit``);
 * ``redis``: :class:`RedisCheckpointer` on the machine's real server, in a namespace of its
-  own that is deleted afterwards (``redis``).
+  own that is deleted afterwards (``redis``);
+* ``async-fakeredis`` and ``async-redis``: :class:`AsyncRedisCheckpointer` on the same two
+  servers, each call awaited on an event loop thread of the backend's own
+  (``async_facade.BlockingFacade``), so the same test functions apply.
 """
 
 from __future__ import annotations
@@ -13,10 +16,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import fakeredis
+import fakeredis.aioredis
 import pytest
 import redis
-from agents_persistence import BaseCheckpointer, InMemoryCheckpointer, RedisCheckpointer
+from agents_persistence import (
+    AsyncRedisCheckpointer,
+    BaseCheckpointer,
+    InMemoryCheckpointer,
+    RedisCheckpointer,
+)
 
+from tests.conformance.async_facade import BlockingFacade, LoopThread
 from tests.support import namespace_keys
 
 
@@ -25,7 +35,7 @@ class Backend:
     """A way to build checkpointers of one kind, all sharing one store.
 
     Attributes:
-        name: ``memory``, ``fakeredis`` or ``redis``.
+        name: ``memory``, ``fakeredis``, ``redis``, ``async-fakeredis`` or ``async-redis``.
         namespace: the default namespace (Redis backends).
         client: a raw client of the server (None for memory), to plant or inspect keys.
     """
@@ -36,6 +46,7 @@ class Backend:
     _build: Callable[..., BaseCheckpointer]
     _new_namespace: Callable[[], str]
     _made: list[BaseCheckpointer] = field(default_factory=list)
+    _loop: LoopThread | None = None
 
     @property
     def is_redis(self) -> bool:
@@ -67,8 +78,10 @@ class Backend:
 
     def close(self) -> None:
         for store in self._made:
-            if isinstance(store, RedisCheckpointer):
+            if isinstance(store, (RedisCheckpointer, BlockingFacade)):
                 store.close()
+        if self._loop is not None:
+            self._loop.stop()
         if self.client is not None:
             self.client.close()
 
@@ -83,30 +96,44 @@ def _open(
     ns = namespace_factory()
     if kind == "memory":
         return Backend("memory", ns, None, _memory, namespace_factory)
-    if kind == "fakeredis":
+    client: redis.Redis
+    if kind.endswith("fakeredis"):
         server = fakeredis.FakeServer()
+        client = fakeredis.FakeRedis(server=server)
+    else:
+        url: str = request.getfixturevalue("real_redis_url")
+        client = redis.Redis.from_url(url, socket_timeout=5.0)
+    if kind.startswith("async-"):
+        loop = LoopThread()
 
-        def build_fake(namespace: str, **kwargs: Any) -> BaseCheckpointer:
-            client = fakeredis.FakeRedis(server=server)
-            return RedisCheckpointer(client, namespace=namespace, **kwargs)
+        def build_async(namespace: str, **kwargs: Any) -> BaseCheckpointer:
+            if kind == "async-fakeredis":
+                aclient = fakeredis.aioredis.FakeRedis(server=server)
+                store = AsyncRedisCheckpointer(aclient, namespace=namespace, **kwargs)
+            else:
+                store = AsyncRedisCheckpointer.from_url(url, namespace=namespace, **kwargs)
+            return BlockingFacade(store, loop)
 
-        fake = fakeredis.FakeRedis(server=server)
-        return Backend("fakeredis", ns, fake, build_fake, namespace_factory)
-    url: str = request.getfixturevalue("real_redis_url")
+        return Backend(kind, ns, client, build_async, namespace_factory, _loop=loop)
 
-    def build_real(namespace: str, **kwargs: Any) -> BaseCheckpointer:
+    def build(namespace: str, **kwargs: Any) -> BaseCheckpointer:
+        if kind == "fakeredis":
+            return RedisCheckpointer(
+                fakeredis.FakeRedis(server=server), namespace=namespace, **kwargs
+            )
         return RedisCheckpointer.from_url(url, namespace=namespace, **kwargs)
 
-    client = redis.Redis.from_url(url, socket_timeout=5.0)
-    return Backend("redis", ns, client, build_real, namespace_factory)
+    return Backend(kind, ns, client, build, namespace_factory)
 
 
 _MEMORY = pytest.param("memory", marks=pytest.mark.unit)
 _FAKEREDIS = pytest.param("fakeredis", marks=pytest.mark.unit)
 _REDIS = pytest.param("redis", marks=pytest.mark.redis)
+_ASYNC_FAKEREDIS = pytest.param("async-fakeredis", marks=pytest.mark.unit)
+_ASYNC_REDIS = pytest.param("async-redis", marks=pytest.mark.redis)
 
 
-@pytest.fixture(params=[_MEMORY, _FAKEREDIS, _REDIS])
+@pytest.fixture(params=[_MEMORY, _FAKEREDIS, _REDIS, _ASYNC_FAKEREDIS, _ASYNC_REDIS])
 def backend(
     request: pytest.FixtureRequest, namespace_factory: Callable[[], str]
 ) -> Iterator[Backend]:
@@ -122,7 +149,8 @@ def backend(
 def redis_backend(
     request: pytest.FixtureRequest, namespace_factory: Callable[[], str]
 ) -> Iterator[Backend]:
-    """The two RedisCheckpointer backends only (tests that plant or inspect raw keys)."""
+    """The two RedisCheckpointer backends only (tests that plant or inspect raw keys; the
+    async store runs the same operations, :mod:`agents_persistence.redis_ops`)."""
     opened = _open(request.param, request, namespace_factory)
     try:
         yield opened
