@@ -61,6 +61,14 @@ class BufferedPublisher:
     # -- producer side ----------------------------------------------------------------------
     def submit(self, save: PreparedSave, timeout: float | None = None) -> None:
         """Queue ``save``; block (or raise HandOffError) while the buffer is full."""
+        self._put(save, timeout, wait=True)
+
+    def offer(self, save: PreparedSave) -> bool:
+        """Queue ``save`` unless that means waiting for room: False (nothing queued) when
+        the buffer is full and the policy is to block; otherwise as :meth:`submit`."""
+        return self._put(save, None, wait=False)
+
+    def _put(self, save: PreparedSave, timeout: float | None, *, wait: bool) -> bool:
         with self._cond:
             self._raise_pending_error()
             if self._closed:
@@ -73,14 +81,17 @@ class BufferedPublisher:
                 self.superseded += 1
                 if save.version > old.version:
                     self._buf[save.thread_id] = save
-                return
+                return True
             if len(self._buf) >= self.capacity:
                 if self.full_policy == "raise":
                     raise HandOffError(f"hand-off buffer is full ({self.capacity} snapshots)")
+                if not wait:
+                    return False
                 if not self._cond.wait_for(lambda: len(self._buf) < self.capacity, timeout):
                     raise HandOffError(f"hand-off buffer stayed full for {timeout}s")
             self._buf[save.thread_id] = save
             self._cond.notify_all()
+            return True
 
     def flush(self, timeout: float | None = None) -> None:
         """Block until every queued snapshot was accepted by the broker."""

@@ -35,16 +35,18 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 from agents_persistence.base import BaseCheckpointer
 from agents_persistence.checkpoint import Checkpoint, PreparedSave, WriteResult
 from agents_persistence.config.settings import Settings
-from agents_persistence.errors import FlushTimeout, HandOffError
+from agents_persistence.errors import HandOffError
 from agents_persistence.models import AgentStateSnapshot
 from agents_persistence.redis_store import RedisCheckpointer
 from agents_persistence.tasks.client.buffer import BufferedPublisher
+from agents_persistence.tasks.client.durability import DurabilityWait
+from agents_persistence.tasks.client.housekeeper import Housekeeper
 from agents_persistence.tasks.client.sender import TaskSender
 from agents_persistence.tasks.protocol.messages import batch_message, save_message
 from agents_persistence.tasks.protocol.names import SAVE_BATCH_TASK, SAVE_TASK
@@ -127,7 +129,7 @@ class CeleryCheckpointer:
         self._outbox: dict[str, _Outgoing] = {}
         self._prune_at = _PRUNE_MIN
         self._lock = threading.Lock()
-        self._pruner = _Housekeeper(self._prune, name="agents-persistence-outbox")
+        self._pruner = Housekeeper(self._prune, name="agents-persistence-outbox")
         self.resent = 0
         self._retry_policy = {
             "max_retries": settings.publish_max_retries,
@@ -205,10 +207,36 @@ class CeleryCheckpointer:
                 (unless ``write_through_on_broker_error``, which writes it synchronously).
         """
         save = self.store.prepare(thread_id, state, version=version)
+        self.hand_off(save)
+        return HandOff(self, save.thread_id, save.version)
+
+    def hand_off(self, save: PreparedSave) -> None:
+        """Hand off a prepared save (:meth:`save_state` after ``store.prepare``): publish it
+        (durable mode) or buffer it (buffered mode), and keep it until seen durable.
+
+        Raises:
+            HandOffError: as :meth:`save_state`.
+        """
         if self._publisher is not None:
             self._publisher.submit(save)
         else:
             self._publish_one(save)
+        self._track(save)
+
+    def try_hand_off(self, save: PreparedSave) -> bool:
+        """Hand off ``save`` if that needs no network round trip and no wait: buffered mode
+        with room in the buffer. False (nothing done) otherwise; then call :meth:`hand_off`.
+
+        Raises:
+            HandOffError: the buffer refuses it (full under the ``raise`` policy, closed, or
+                a publish failed since the last hand-off).
+        """
+        if self._publisher is None or not self._publisher.offer(save):
+            return False
+        self._track(save)
+        return True
+
+    def _track(self, save: PreparedSave) -> None:
         with self._lock:
             self.handed_off += 1
             held = self._outbox.get(save.thread_id)
@@ -217,7 +245,6 @@ class CeleryCheckpointer:
             grown = len(self._outbox) >= self._prune_at
         if grown:
             self._pruner.wake()
-        return HandOff(self, save.thread_id, save.version)
 
     def _publish_one(self, save: PreparedSave) -> None:
         kwargs = save_message(self.namespace, save)
@@ -291,10 +318,20 @@ class CeleryCheckpointer:
             HandOffError: the buffered publisher could not reach the broker.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        if self._publisher is not None:
-            self._publisher.flush(timeout)
+        self.publish_buffered(timeout)
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         self._wait_durable(self.pending, remaining)
+
+    def publish_buffered(self, timeout: float | None = 30.0) -> None:
+        """Block until the broker accepted every buffered snapshot (buffered mode; at once
+        otherwise).
+
+        Raises:
+            FlushTimeout: the buffer was not published within ``timeout`` seconds.
+            HandOffError: the buffered publisher could not reach the broker.
+        """
+        if self._publisher is not None:
+            self._publisher.flush(timeout)
 
     @property
     def pending(self) -> dict[str, int]:
@@ -302,8 +339,9 @@ class CeleryCheckpointer:
         with self._lock:
             return {tid: out.save.version for tid, out in self._outbox.items()}
 
-    def _settle(self, held: Mapping[str, int]) -> None:
-        """Drop outbox entries the store now holds (or has superseded)."""
+    def settle(self, held: Mapping[str, int]) -> None:
+        """Drop outbox entries the store holds (``held``: thread id -> version held) or has
+        superseded."""
         with self._lock:
             for tid, version in held.items():
                 out = self._outbox.get(tid)
@@ -318,12 +356,13 @@ class CeleryCheckpointer:
         with self._lock:
             threads = list(self._outbox)
         for start in range(0, len(threads), 1000):
-            self._settle(self.store.stored_versions(threads[start : start + 1000]))
+            self.settle(self.store.stored_versions(threads[start : start + 1000]))
         with self._lock:
             self._prune_at = max(_PRUNE_MIN, 2 * len(self._outbox))
 
-    def _resend_overdue(self, waiting: Mapping[str, int]) -> None:
-        """Publish again the waited-for hand-offs not durable after the resend delay."""
+    def take_overdue(self, waiting: Mapping[str, int]) -> list[PreparedSave]:
+        """The waited-for hand-offs not durable after the resend delay, marked as re-sent
+        now (publish them with :meth:`resend`)."""
         now = time.monotonic()
         cutoff = now - self.settings.resend_pending_after_seconds
         with self._lock:
@@ -333,6 +372,11 @@ class CeleryCheckpointer:
                 if out is not None and out.save.version == version and out.sent_at <= cutoff:
                     out.sent_at = now
                     overdue.append(out.save)
+        return overdue
+
+    def resend(self, overdue: Sequence[PreparedSave]) -> None:
+        """Publish ``overdue`` hand-offs again, in batch messages (same versions: a copy
+        that did arrive makes the re-sent one a duplicate)."""
         if not overdue:
             return
         logger.warning(
@@ -341,28 +385,15 @@ class CeleryCheckpointer:
             self.settings.resend_pending_after_seconds,
         )
         for start in range(0, len(overdue), self.settings.batch_max_snapshots):
-            self._publish_batch(overdue[start : start + self.settings.batch_max_snapshots])
+            self._publish_batch(list(overdue[start : start + self.settings.batch_max_snapshots]))
         with self._lock:
             self.resent += len(overdue)
 
     def _wait_durable(self, wanted: Mapping[str, int], timeout: float | None) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        waiting = dict(wanted)
-        delay = 0.002
-        while waiting:
-            held = self.store.stored_versions(list(waiting))
-            self._settle(held)
-            for tid in [tid for tid, v in waiting.items() if held.get(tid, 0) >= v]:
-                del waiting[tid]
-            if not waiting:
-                return
-            if deadline is not None and time.monotonic() >= deadline:
-                raise FlushTimeout(sorted(waiting.items()), timeout)
-            self._resend_overdue(waiting)
-            time.sleep(
-                delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic()))
-            )
-            delay = min(delay * 2, 0.1)
+        wait = DurabilityWait(self, wanted, timeout)
+        while not wait.observe(self.store.stored_versions(wait.threads)):
+            self.resend(wait.overdue())
+            time.sleep(wait.next_delay())
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Publish what is buffered (buffered mode) and stop the background threads."""
@@ -398,55 +429,8 @@ class CeleryCheckpointer:
         """Delete synchronously. The tombstone's version is newer than every save this
         process handed off, so saves of the thread still queued cannot bring it back."""
         result = self.store.delete_thread(thread_id, version=version)
-        self._settle({thread_id: result.current_version})
+        self.settle({thread_id: result.current_version})
         return result
-
-
-class _Housekeeper:
-    """A daemon thread that runs ``job`` when woken, off every caller's path.
-
-    ``job`` may fail (the store is down, say): the failure is logged and the job runs again
-    after a capped backoff while it is still wanted, never raising into a caller.
-    """
-
-    def __init__(self, job: Callable[[], None], *, name: str) -> None:
-        self._job, self._name = job, name
-        self._wanted = threading.Event()
-        self._stopped = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._start_lock = threading.Lock()
-
-    def wake(self) -> None:
-        """Ask for one run soon (starts the thread on first use)."""
-        self._wanted.set()
-        if self._thread is None:
-            with self._start_lock:
-                if self._thread is None and not self._stopped.is_set():
-                    self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-                    self._thread.start()
-
-    def stop(self) -> None:
-        """End the thread (a run under way finishes first)."""
-        self._stopped.set()
-        self._wanted.set()
-
-    def _run(self) -> None:
-        backoff = 0.1
-        while True:
-            self._wanted.wait()
-            if self._stopped.is_set():
-                return
-            self._wanted.clear()
-            try:
-                self._job()
-            except Exception as exc:
-                logger.warning("%s: %s; trying again in %.1fs", self._name, exc, backoff)
-                self._wanted.set()
-                if self._stopped.wait(backoff):
-                    return
-                backoff = min(backoff * 2, 5.0)
-            else:
-                backoff = 0.1
 
 
 def _close_at_exit(ref: weakref.ReferenceType[CeleryCheckpointer]) -> None:
