@@ -16,6 +16,7 @@ both an attempt count and a deadline.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -51,6 +52,15 @@ _PERMANENT: Final[tuple[type[BaseException], ...]] = (
     rex.AuthorizationError,
     rex.AuthenticationWrongNumberOfArgsError,
     rex.MaxConnectionsError,
+)
+
+#: tenacity 9.2 renamed wait_exponential_jitter's ``initial`` to ``multiplier`` and warns on
+#: the old name (an error under ``-W error``); older releases only know ``initial``. Both are
+#: accepted: deepagents' Google dependency (google-genai) caps tenacity below 9.2.
+_BACKOFF_ARG: Final = (
+    "multiplier"
+    if "multiplier" in inspect.signature(wait_exponential_jitter).parameters
+    else "initial"
 )
 
 P = ParamSpec("P")
@@ -116,7 +126,7 @@ class RetryPolicy:
             wait=wait_exponential_jitter(
                 max=self.max_backoff,
                 jitter=self.initial_backoff,
-                multiplier=self.initial_backoff,
+                **{_BACKOFF_ARG: self.initial_backoff},
             ),
             retry=retry_if_exception(is_transient),
             before_sleep=before_sleep_log(logger, logging.WARNING),
