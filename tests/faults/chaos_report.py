@@ -85,9 +85,10 @@ class ChaosConfig:
     rate: float = 25.0
     delete_interval: float = 0.5
     mean_gap: float = 4.0
-    #: kombu's sweep of unacknowledged messages takes a mutex that lives 300 s in the broker;
-    #: a worker killed or stopped while holding it holds back every restore that long.
-    settle_timeout: float = 420.0
+    #: kombu's sweep of unacknowledged messages takes a mutex in the broker; a worker killed
+    #: or stopped while holding it holds back every restore until it expires (2 x the restore
+    #: interval, at least 5 s: agents_persistence.tasks.worker.app; kombu's own was 300 s).
+    settle_timeout: float = 180.0
     probe_timeout: float = 90.0
 
 
