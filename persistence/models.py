@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -98,6 +99,42 @@ class AgentStateSnapshot(BaseModel):
             data.pop("pending_interrupts", None)
         return data
 
+    @classmethod
+    def from_deepagents(cls, state: Any) -> AgentStateSnapshot:
+        """The seed's shape of a LangChain ``deepagents`` agent's state.
+
+        ``state`` is what the agent returns or holds: the dict of ``agent.invoke(...)`` (its
+        ``__interrupt__`` entry read too), the state a middleware hook receives, or the
+        ``StateSnapshot`` of ``agent.get_state(config)`` (its ``values`` and ``interrupts``).
+        ``todos`` keep content and status; each file becomes its text (a ``FileData``'s
+        ``content``, lines joined for older deepagents; base64 content stays encoded;
+        timestamps dropped); each action of a pending human-in-the-loop request becomes a
+        ``HitlInterrupt`` (its description as ``policy_note``, the tool call's id as
+        ``call_id`` when the state's last assistant message holds it). Interrupts that are
+        not deepagents' review requests have no place in the seed's shape and are left out.
+        """
+        values: Mapping[str, Any]
+        if isinstance(state, Mapping):
+            values = state
+            interrupts = list(state.get("__interrupt__") or ())
+        else:  # langgraph's StateSnapshot
+            values = state.values
+            interrupts = list(state.interrupts)
+        return cls(
+            todos=[
+                TodoItem(content=t["content"], status=t.get("status", TodoStatus.PENDING))
+                for t in values.get("todos") or ()
+            ],
+            files={path: _file_text(data) for path, data in (values.get("files") or {}).items()},
+            pending_interrupts=[
+                hitl
+                for interrupt in interrupts
+                for hitl in _hitl_requests(
+                    getattr(interrupt, "value", interrupt), values.get("messages") or ()
+                )
+            ],
+        )
+
     def merge(self, newer: AgentStateSnapshot) -> AgentStateSnapshot:
         """The seed's reducer: combine this state with a ``newer`` one.
 
@@ -114,3 +151,38 @@ class AgentStateSnapshot(BaseModel):
                 else list(self.pending_interrupts)
             ),
         )
+
+
+def _file_text(data: Any) -> str:
+    """A deepagents file's text: ``FileData["content"]`` (a string, or lines before 0.5)."""
+    if isinstance(data, str):
+        return data
+    content = data["content"]
+    return content if isinstance(content, str) else "\n".join(content)
+
+
+def _hitl_requests(value: Any, messages: Iterable[Any]) -> list[HitlInterrupt]:
+    """The actions of one ``HITLRequest`` (``{"action_requests": [...], ...}``)."""
+    if not isinstance(value, Mapping) or not isinstance(value.get("action_requests"), list):
+        return []
+    calls = next(
+        (list(m.tool_calls) for m in reversed(list(messages)) if getattr(m, "tool_calls", None)),
+        [],
+    )
+    found: list[HitlInterrupt] = []
+    for action in value["action_requests"]:
+        call = next(
+            (c for c in calls if c["name"] == action["name"] and c["args"] == action["args"]),
+            None,
+        )
+        if call is not None:
+            calls.remove(call)
+        found.append(
+            HitlInterrupt(
+                tool_name=action["name"],
+                tool_args=action.get("args", {}),
+                policy_note=action.get("description"),
+                call_id=None if call is None else call.get("id"),
+            )
+        )
+    return found
