@@ -24,6 +24,7 @@ from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool, tool
+from langgraph.checkpoint.base import BaseCheckpointSaver
 
 #: The tool ``interrupt_on`` guards.
 GUARDED_TOOL = "ship_report"
@@ -83,7 +84,7 @@ def ship_report(path: str) -> str:
 
 def build_agent(
     model: ScriptedChatModel,
-    saver: RedisCheckpointSaver | None,
+    saver: BaseCheckpointSaver[Any] | None,
     middleware: Sequence[AgentMiddleware[Any, Any]] = (),
 ) -> Any:
     """The deep agent, guarded tool and all, checkpointing to ``saver``."""
