@@ -148,7 +148,10 @@ def check_json_limits(state: AgentStateSnapshot) -> None:
 
     Only the free-form values (``scratchpad``, interrupts' ``tool_args``) can hold any of
     them; the walk costs their node count (strings and sizes are the codec's size cap).
+    It also refuses a mapping key with a lone surrogate (anywhere, ``files`` included): the
+    serialiser refuses such a value, but writes such a key as U+FFFD, a silent change.
     """
+    _check_keys(state.files)
     stack: list[tuple[object, int]] = [(state.scratchpad, _SCRATCHPAD_LEVEL)]
     stack.extend(
         (getattr(i, "tool_args", None), _TOOL_ARGS_LEVEL) for i in state.pending_interrupts
@@ -171,9 +174,20 @@ def check_json_limits(state: AgentStateSnapshot) -> None:
             level += 1
             if level > MAX_JSON_DEPTH:
                 raise InvalidSnapshot(f"snapshot JSON nests deeper than {MAX_JSON_DEPTH} levels")
-            items = value.values() if isinstance(value, dict) else value
-            for item in items:
+            if isinstance(value, dict):
+                _check_keys(value)
+                value = value.values()
+            for item in value:
                 push((item, level))
+
+
+def _check_keys(mapping: dict[Any, Any]) -> None:
+    for key in mapping:
+        if isinstance(key, str) and not key.isascii():
+            try:
+                key.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise InvalidSnapshot("snapshot holds a key with a lone surrogate") from exc
 
 
 def coerce_snapshot(state: object) -> AgentStateSnapshot:
