@@ -10,7 +10,8 @@ The sub-packages, by role:
 ``worker``
     the Celery app and its options, the task bodies, the consumer, the dead-letter list.
 ``client``
-    the agent side: :class:`CeleryCheckpointer`, its buffer and its message sender.
+    the agent side: :class:`CeleryCheckpointer` (and :class:`AsyncCeleryCheckpointer` on
+    asyncio), its buffer and its message sender.
 ``protocol``
     what crosses the broker: task names, message building and parsing, the JSON decoder.
 ``broker``
@@ -27,6 +28,10 @@ import importlib as _importlib
 import typing as _typing
 
 if _typing.TYPE_CHECKING:
+    from agents_persistence.tasks.client.async_checkpointer import (
+        AsyncCeleryCheckpointer,
+        AsyncHandOff,
+    )
     from agents_persistence.tasks.client.checkpointer import CeleryCheckpointer, HandOff
     from agents_persistence.tasks.protocol.messages import BadMessage
     from agents_persistence.tasks.protocol.names import (
@@ -42,6 +47,8 @@ if _typing.TYPE_CHECKING:
 
 #: Public name -> the submodule that defines it.
 _EXPORTS: dict[str, str] = {
+    "AsyncCeleryCheckpointer": "client.async_checkpointer",
+    "AsyncHandOff": "client.async_checkpointer",
     "BadMessage": "protocol.messages",
     "CLEANUP_TASK": "protocol.names",
     "CeleryCheckpointer": "client.checkpointer",
@@ -60,6 +67,8 @@ __all__ = [
     "DELETE_TASK",
     "SAVE_BATCH_TASK",
     "SAVE_TASK",
+    "AsyncCeleryCheckpointer",
+    "AsyncHandOff",
     "BadMessage",
     "CeleryCheckpointer",
     "DeadLetters",
