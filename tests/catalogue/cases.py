@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import math
+import zlib
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Final
 
 from agents_persistence.validation import MAX_THREAD_ID_LENGTH
 
-__all__ = ["BAD_SNAPSHOTS", "BAD_THREAD_IDS", "deep", "deep_list"]
+__all__ = [
+    "BAD_SNAPSHOTS",
+    "BAD_THREAD_IDS",
+    "INVISIBLE_THREAD_IDS",
+    "deep",
+    "deep_list",
+    "zlib_bomb",
+]
 
 
 def deep(levels: int) -> dict[str, Any]:
@@ -74,3 +82,34 @@ BAD_SNAPSHOTS: Final[dict[str, object]] = {
     "not-a-mapping": ["todos"],
     "none": None,
 }
+
+
+#: Thread ids that print as something else or reorder a line: invisible format characters,
+#: bidi controls, separators (Unicode categories Cf, Zl, Zp; Cc is in BAD_THREAD_IDS).
+INVISIBLE_THREAD_IDS: Final[dict[str, str]] = {
+    "zero-width-space": "admin\u200b",
+    "rtl-override": "thread-\u202etxt.exe",
+    "bom": "\ufeffthread",
+    "zero-width-joiner": "a\u200db",
+    "soft-hyphen": "thre\u00adad",
+    "bidi-isolate": "\u2066thread\u2069",
+    "paragraph-separator": "thread\u2029id",
+    "tag-character": "thread\U000e0041",
+}
+
+
+def zlib_bomb(inflated: int, prefix: bytes = b'{"files":{"a":"', suffix: bytes = b'"}}') -> bytes:
+    """A valid zlib stream of ``prefix``, ``inflated`` bytes of ``x`` and ``suffix``, about
+    a thousandth of that size, built without compressing it all (a flushed segment of 1 MiB,
+    repeated; the checksum computed apart): 200 MiB takes ~0.3 s and 207 KB."""
+    chunk = b"x" * (1 << 20)
+    z = zlib.compressobj(9)
+    head = z.compress(prefix) + z.flush(zlib.Z_FULL_FLUSH)
+    segment = z.compress(chunk) + z.flush(zlib.Z_FULL_FLUSH)  # the same bytes every time
+    tail = z.compress(suffix) + z.flush(zlib.Z_FINISH)
+    n = inflated // len(chunk)
+    check = zlib.adler32(prefix)
+    for _ in range(n):
+        check = zlib.adler32(chunk, check)
+    check = zlib.adler32(suffix, check)
+    return head + segment * n + tail[:-4] + check.to_bytes(4, "big")

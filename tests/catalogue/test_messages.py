@@ -56,7 +56,7 @@ BAD_SAVE_MESSAGES: dict[str, tuple[dict[str, Any], str]] = {
         {"state": json.dumps({"files": {"big": "x" * (MAX_SNAPSHOT_BYTES + 1)}})},
         "SnapshotTooLarge",
     ),
-    "another-namespace": ({"namespace": "someone-else"}, "BadMessage"),
+    "invalid-namespace": ({"namespace": "not:a-namespace"}, "BadMessage"),
 }
 BAD_SAVE_MESSAGES.update(
     {
