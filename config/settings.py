@@ -7,16 +7,11 @@ and keyword arguments win over both: ``Settings(redis_url=..., namespace=...)``.
 URLs are held as :class:`pydantic.SecretStr`, so a password inside them never reaches a
 ``repr``, a log line or a validation error (its ``str()``, ``errors()`` and ``json()`` alike:
 inputs are redacted before the error leaves ``Settings``); :func:`redact_url` gives the
-printable form. A password may sit in the user info (``redis://:pw@host``) or in the query
-(``redis://host?password=pw``, as redis-py reads it); both are redacted, and the broker URL
-Celery gets carries it in the user info (kombu cannot read it from the query).
+printable form, ``?password=`` included (:mod:`agents_persistence.config.urls`).
 
-Each namespace has a queue of its own unless ``queue`` is set: ``agents_persistence`` for
-the default namespace ``agents`` (the queue name before namespaces had their own, so a
-rolling upgrade strands nothing), ``agents_persistence.<namespace>`` for any other.
-Two fleets with different namespaces on one broker never see each other's hand-offs; to
-share a queue on purpose, set the same ``queue`` on both (a worker then dead-letters the
-other namespace's hand-offs into that namespace's own list, where its operators look).
+Each namespace has a queue of its own unless ``queue`` is set
+(:func:`~agents_persistence.config.urls.queue_for`): fleets of different namespaces on one
+broker never see each other's hand-offs.
 
 Changing one setting never makes the others' defaults invalid. Where a check relates two
 fields, the one left unset follows the one that was set (a larger soft time limit raises the
