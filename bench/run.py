@@ -42,6 +42,7 @@ SECTIONS = {
     "P4": "bench.p4_listing",
     "P5": "bench.p5_langgraph",
     "P6": "bench.p6_memory",
+    "P7": "bench.p7_async",
     "P8": "bench.p8_saver",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
