@@ -33,7 +33,7 @@ from agents_persistence.config.settings import Settings
 from agents_persistence.models import AgentStateSnapshot
 from agents_persistence.redis_store import RedisCheckpointer
 from agents_persistence.tasks.client.checkpointer import CeleryCheckpointer
-from agents_persistence.tasks.client.durability import DurabilityWait
+from agents_persistence.tasks.client.durability import DurabilityWait, Receipt
 from agents_persistence.tasks.worker.app import PersistenceApp, create_app
 
 __all__ = ["AsyncCeleryCheckpointer", "AsyncHandOff"]
@@ -42,15 +42,10 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-class AsyncHandOff:
+class AsyncHandOff(Receipt["AsyncCeleryCheckpointer"]):
     """What ``await save_state`` returns: the thread, the version, and a way to wait for it."""
 
-    __slots__ = ("_client", "thread_id", "version")
-
-    def __init__(self, client: AsyncCeleryCheckpointer, thread_id: str, version: int) -> None:
-        self._client = client
-        self.thread_id = thread_id
-        self.version = version
+    __slots__ = ()
 
     async def wait(self, timeout: float | None = 30.0) -> None:
         """Return once this save (or something newer for the thread) is in the store.
@@ -59,9 +54,6 @@ class AsyncHandOff:
             FlushTimeout: not durable within ``timeout`` seconds.
         """
         await self._client._wait_durable({self.thread_id: self.version}, timeout)
-
-    def __repr__(self) -> str:
-        return f"AsyncHandOff(thread_id={self.thread_id!r}, version={self.version})"
 
 
 class AsyncCeleryCheckpointer:

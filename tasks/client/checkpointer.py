@@ -45,7 +45,7 @@ from agents_persistence.errors import HandOffError
 from agents_persistence.models import AgentStateSnapshot
 from agents_persistence.redis_store import RedisCheckpointer
 from agents_persistence.tasks.client.buffer import BufferedPublisher
-from agents_persistence.tasks.client.durability import DurabilityWait
+from agents_persistence.tasks.client.durability import DurabilityWait, Receipt
 from agents_persistence.tasks.client.housekeeper import Housekeeper
 from agents_persistence.tasks.client.sender import TaskSender
 from agents_persistence.tasks.protocol.messages import batch_message, save_message
@@ -73,15 +73,10 @@ class _Outgoing:
         self.sent_at = sent_at
 
 
-class HandOff:
+class HandOff(Receipt["CeleryCheckpointer"]):
     """What ``save_state`` returns: the thread, the version, and a way to wait for it."""
 
-    __slots__ = ("_client", "thread_id", "version")
-
-    def __init__(self, client: CeleryCheckpointer, thread_id: str, version: int) -> None:
-        self._client = client
-        self.thread_id = thread_id
-        self.version = version
+    __slots__ = ()
 
     def wait(self, timeout: float | None = 30.0) -> None:
         """Block until this save (or something newer for the thread) is in the store.
@@ -90,9 +85,6 @@ class HandOff:
             FlushTimeout: not durable within ``timeout`` seconds.
         """
         self._client._wait_durable({self.thread_id: self.version}, timeout)
-
-    def __repr__(self) -> str:
-        return f"HandOff(thread_id={self.thread_id!r}, version={self.version})"
 
 
 class CeleryCheckpointer:

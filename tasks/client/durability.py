@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from agents_persistence.checkpoint import PreparedSave
 from agents_persistence.errors import FlushTimeout
@@ -24,7 +24,9 @@ from agents_persistence.errors import FlushTimeout
 if TYPE_CHECKING:
     from agents_persistence.tasks.client.checkpointer import CeleryCheckpointer
 
-__all__ = ["DurabilityWait"]
+__all__ = ["DurabilityWait", "Receipt"]
+
+ClientT = TypeVar("ClientT")
 
 _FIRST_DELAY = 0.002
 _MAX_DELAY = 0.1
@@ -78,3 +80,18 @@ class DurabilityWait:
         if self._deadline is None:
             return delay
         return min(delay, max(0.0, self._deadline - time.monotonic()))
+
+
+class Receipt(Generic[ClientT]):
+    """What a client's ``save_state`` returns: the thread, the version, and (in subclasses)
+    a ``wait`` for it to be durable."""
+
+    __slots__ = ("_client", "thread_id", "version")
+
+    def __init__(self, client: ClientT, thread_id: str, version: int) -> None:
+        self._client = client
+        self.thread_id = thread_id
+        self.version = version
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(thread_id={self.thread_id!r}, version={self.version})"

@@ -5,9 +5,9 @@ version."""
 from __future__ import annotations
 
 import asyncio
+from typing import Literal
 
 import pytest
-from agents_persistence import AsyncRedisCheckpointer
 from agents_persistence.tasks import AsyncCeleryCheckpointer
 
 from tests.integration.conftest import Stack, StackFactory
@@ -24,13 +24,10 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-async def hand_off_and_flush(stack: Stack, mode: str) -> list[str]:
+async def hand_off_and_flush(stack: Stack, mode: Literal["durable", "buffered"]) -> list[str]:
     """Each of ``AGENTS`` coroutines saves its thread ``VERSIONS`` times (waiting for the
     first save's handle); then one flush. Returns the thread ids."""
-    async with (
-        AsyncRedisCheckpointer.from_settings(stack.settings) as store,
-        AsyncCeleryCheckpointer(stack.client(mode=mode), store) as client,
-    ):
+    async with AsyncCeleryCheckpointer.from_settings(stack.settings, mode=mode) as client:
 
         async def agent(tid: str) -> None:
             for version in range(1, VERSIONS + 1):
@@ -52,11 +49,11 @@ async def hand_off_and_flush(stack: Stack, mode: str) -> list[str]:
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("mode", ["durable", "buffered"])
 async def test_many_coroutines_hand_off_and_read_their_newest(
-    stack_factory: StackFactory, mode: str
+    stack_factory: StackFactory, mode: Literal["durable", "buffered"]
 ) -> None:
     stack = stack_factory()
     stack.worker()
-    threads = await hand_off_and_flush(stack, mode)
+    threads = await hand_off_and_flush(stack, mode)  # from_settings: closes what it made
     held = stack.store.stored_versions(threads)
     assert held == dict.fromkeys(threads, VERSIONS)
     for tid in threads:
