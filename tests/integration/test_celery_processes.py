@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,13 @@ def env(redis_server: RedisServer) -> dict[str, str]:
     return settings_env(redis_url=redis_server.url, namespace="t-procs", queue="q-procs")
 
 
+def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not {what} within {timeout}s"
+        time.sleep(0.02)
+
+
 @pytest.mark.timeout(60)
 def test_children_pause_kill_child_and_terminate(
     env: dict[str, str], celery_worker_factory: WorkerFactory
@@ -39,10 +47,11 @@ def test_children_pause_kill_child_and_terminate(
     assert len(children) == 2
     assert worker.group_pids() == sorted([worker.pid, *children])
 
+    # A signal is delivered asynchronously: wait for the states, never read them at once.
     worker.pause()
-    assert {_state(pid) for pid in worker.group_pids()} == {"T"}
+    _wait_for(lambda: {_state(pid) for pid in worker.group_pids()} == {"T"}, "all stopped")
     worker.resume()
-    assert "T" not in {_state(pid) for pid in worker.group_pids()}
+    _wait_for(lambda: "T" not in {_state(pid) for pid in worker.group_pids()}, "none stopped")
 
     killed = worker.kill_child()
     deadline = time.monotonic() + 10
