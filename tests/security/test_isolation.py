@@ -41,7 +41,7 @@ CRAFTED = [
     "_kombu.binding.q",
     "_agents_persistence/inflight",
     "\\x00victim",
-    "victim\u200b",
+    "victim\u00e9",  # non-ASCII but visible (invisible ones are refused: below)
     "ns-2:thread:victim",
     "a" * MAX_THREAD_ID_LENGTH,
 ]
@@ -73,6 +73,10 @@ def test_crafted_thread_ids_stay_in_their_namespace(
         assert mine.load_state(tid) == sample_state(tid)
     for tid in CRAFTED[::2]:
         mine.delete_thread(tid)
+
+    for tid in ("victim\u200b", "\u202evictim", "\ufeffvictim"):  # invisible or bidi
+        with pytest.raises(InvalidThreadId):
+            mine.save_state(tid, sample_state(tid))
 
     new = _keys(raw) - set(before)
     assert new, "nothing was written"
