@@ -19,6 +19,7 @@ import redis.exceptions as rex
 from agents_persistence import (
     AgentStateSnapshot,
     AsyncRedisCheckpointer,
+    CorruptState,
     RedisCheckpointer,
     RetryPolicy,
     StoreFull,
@@ -193,6 +194,27 @@ async def test_records_are_shared_with_the_blocking_store(
     await astore.delete_thread("from-sync")
     assert blocking.save_state("from-sync", sample_state(), version=7).stale
     assert sorted(blocking.list_threads()) == sorted(await astore.list_threads())
+
+
+async def test_foreign_values_are_corrupt_state_for_their_thread_only(
+    servers: Servers, astore: AsyncRedisCheckpointer
+) -> None:
+    await astore.save_state("good", sample_state("good"), version=1)
+    servers.raw.rpush(astore.keys.thread("a-list"), b"x")  # WRONGTYPE
+    servers.raw.set(astore.keys.thread("garbage"), b"AP1?not a header")
+    for tid in ("a-list", "garbage"):
+        with pytest.raises(CorruptState) as info:
+            await astore.load_state(tid)
+        assert info.value.thread_id == tid
+    with pytest.raises(CorruptState):
+        await astore.save_state("a-list", sample_state(), version=2)
+    results = await astore.save_many(
+        [astore.prepare(t, sample_state(t), version=3) for t in ("a-list", "fine")]
+    )
+    assert isinstance(results[0], CorruptState)
+    assert not isinstance(results[1], Exception)
+    assert results[1].written
+    assert await astore.load_state("good") == sample_state("good")
 
 
 @pytest.mark.redis
