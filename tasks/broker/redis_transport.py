@@ -48,12 +48,13 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from importlib import metadata, resources
+from importlib import resources
 from queue import Empty
 from typing import TYPE_CHECKING, Any, Final
 
 import redis.exceptions
 from agents_persistence.tasks.broker.envelope import parse_entry, unparsable_record
+from agents_persistence.tasks.pins import missing_internals, require_internals
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.json import dumps, loads
@@ -112,23 +113,12 @@ def missing_kombu_internals(
     required: dict[type, tuple[str, ...]] = KOMBU_INTERNALS,
 ) -> list[str]:
     """``Class.attribute`` names of ``required`` that the installed kombu lacks."""
-    return [
-        f"{cls.__module__}.{cls.__qualname__}.{name}"
-        for cls, names in required.items()
-        for name in names
-        if not hasattr(cls, name)
-    ]
+    return missing_internals(required)
 
 
 def check_kombu_internals(required: dict[type, tuple[str, ...]] = KOMBU_INTERNALS) -> None:
     """Raise ImportError if the installed kombu lacks an internal this transport relies on."""
-    missing = missing_kombu_internals(required)
-    if missing:
-        raise ImportError(
-            f"agents_persistence's Redis transport was written against kombu 5.7, but the "
-            f"installed kombu {metadata.version('kombu')} lacks: {', '.join(missing)}. "
-            "Install the kombu version pyproject.toml pins."
-        )
+    require_internals(required, distribution="kombu", written_for="5.7", user="Redis transport")
 
 
 check_kombu_internals()

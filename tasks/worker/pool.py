@@ -16,9 +16,9 @@ runs it; ``-P solo``/``threads`` are unaffected.
 
 from __future__ import annotations
 
-from importlib import metadata
 from typing import Any, cast
 
+from agents_persistence.tasks.pins import missing_internals, require_internals
 from celery.concurrency import asynpool, prefork
 
 __all__ = ["CELERY_INTERNALS", "AsynPool", "TaskPool", "check_celery_internals"]
@@ -40,23 +40,12 @@ def missing_celery_internals(
     required: dict[type, tuple[str, ...]] = CELERY_INTERNALS,
 ) -> list[str]:
     """``Class.attribute`` names of ``required`` that the installed Celery lacks."""
-    return [
-        f"{cls.__module__}.{cls.__qualname__}.{name}"
-        for cls, names in required.items()
-        for name in names
-        if not hasattr(cls, name)
-    ]
+    return missing_internals(required)
 
 
 def check_celery_internals(required: dict[type, tuple[str, ...]] = CELERY_INTERNALS) -> None:
     """Raise ImportError if the installed Celery lacks an internal this pool relies on."""
-    missing = missing_celery_internals(required)
-    if missing:
-        raise ImportError(
-            f"agents_persistence's worker pool was written against Celery 5.7, but the "
-            f"installed Celery {metadata.version('celery')} lacks: {', '.join(missing)}. "
-            "Install the Celery version pyproject.toml pins."
-        )
+    require_internals(required, distribution="Celery", written_for="5.7", user="worker pool")
 
 
 check_celery_internals()
