@@ -4,6 +4,8 @@
   ports, killed by PID after the test whatever happens.
 * ``real_redis_url`` / ``real_redis``: the machine's shared server (127.0.0.1:6379 unless
   ``AGENTS_PERSISTENCE_TEST_REDIS_URL`` says otherwise).
+* ``redis_cluster`` / ``redis_sentinel``: a private Redis Cluster (3 + 3) and Sentinel group,
+  once per session (:mod:`tests.support.topologies`).
 * ``namespace`` / ``namespace_factory``: fresh ``t-<uuid8>`` namespaces; if the test used the
   shared server, every ``<namespace>:*`` key is deleted afterwards (never a FLUSHDB).
 
@@ -30,12 +32,22 @@ from tests.support import (
     skip_or_fail,
     unique_namespace,
 )
+from tests.support.topologies import redis_cluster, redis_sentinel
+
+__all__ = ["redis_cluster", "redis_sentinel"]  # session fixtures: private topologies
 
 #: Set on a test item once it touched the shared server, so its namespaces get cleaned.
 USED_REAL_REDIS = pytest.StashKey[bool]()
 
 _REDIS_FIXTURES = frozenset(
-    {"redis_server", "redis_server_factory", "real_redis_url", "real_redis"}
+    {
+        "redis_server",
+        "redis_server_factory",
+        "real_redis_url",
+        "real_redis",
+        "redis_cluster",
+        "redis_sentinel",
+    }
 )
 
 RedisServerFactory = Callable[..., RedisServer]
