@@ -16,10 +16,11 @@ Lua script (or one MULTI/EXEC), applied whole or not at all.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, cast
 
 import redis.asyncio as aredis
 from agents_persistence.checkpoint import Checkpoint, PreparedSave, WriteResult
+from agents_persistence.connect import asyncio_client
 from agents_persistence.models import AgentStateSnapshot
 from agents_persistence.redis_base import RedisStoreBase
 from agents_persistence.redis_ops import Command, Exchange, Op, Request
@@ -52,8 +53,8 @@ class AsyncRedisCheckpointer(RedisStoreBase[aredis.Redis]):
         # connections) with MaxConnectionsError, which no retry may fix; thousands of
         # coroutines sharing one store must wait for a connection instead.
         options.setdefault("max_connections", DEFAULT_MAX_CONNECTIONS)
-        pool = aredis.BlockingConnectionPool.from_url(url, retry=Retry(NoBackoff(), 0), **options)
-        return aredis.Redis.from_pool(pool)
+        client = asyncio_client(url, retry=Retry(NoBackoff(), 0), **options)
+        return cast(aredis.Redis, client)
 
     async def aclose(self) -> None:
         """Close the client's connections."""

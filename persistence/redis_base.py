@@ -80,7 +80,10 @@ class RedisStoreBase(CheckpointerCore, Generic[ClientT]):
         socket_connect_timeout: float = 2.0,
         **redis_kwargs: Any,
     ) -> Self:
-        """Connect to ``redis://``, ``rediss://`` (TLS) or ``unix://`` ``url``.
+        """Connect to ``url``: ``redis://``, ``rediss://`` (TLS), ``unix://``, a Redis Cluster
+        (``redis+cluster://host:port,host:port``, ``rediss+cluster://``) or the primary that
+        Sentinels name (``redis+sentinel://host:port,.../<service>[/<db>]``); see
+        :mod:`agents_persistence.connect`.
 
         Extra keyword arguments go to the client's ``from_url`` (``max_connections``,
         ``ssl_ca_certs``, ...).

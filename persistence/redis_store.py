@@ -16,11 +16,12 @@ with redis-py's blocking client.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import redis
 from agents_persistence.base import BaseCheckpointer
 from agents_persistence.checkpoint import Checkpoint, PreparedSave, WriteResult
+from agents_persistence.connect import blocking_client
 from agents_persistence.redis_admin import RedisAdmin
 from agents_persistence.redis_base import RedisStoreBase
 from agents_persistence.redis_ops import (
@@ -54,7 +55,7 @@ class RedisCheckpointer(RedisStoreBase[redis.Redis], RedisAdmin, BaseCheckpointe
 
     @classmethod
     def _connect(cls, url: str, **options: Any) -> redis.Redis:
-        return redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
+        return cast(redis.Redis, blocking_client(url, retry=Retry(NoBackoff(), 0), **options))
 
     def close(self) -> None:
         """Close the client's connections."""

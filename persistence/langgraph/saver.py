@@ -15,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 import redis.asyncio as aredis
 from agents_persistence.base import DEFAULT_NAMESPACE, TTLLike, to_milliseconds
+from agents_persistence.connect import asyncio_client, blocking_client, parse_store_url
 from agents_persistence.langgraph import records as rec
 from agents_persistence.langgraph.driver import AsyncDriver, SyncDriver, check_bytes, single_node
 from agents_persistence.langgraph.handoff import from_wire
@@ -123,9 +124,10 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
         socket_connect_timeout: float = 2.0,
         **redis_kwargs: Any,
     ) -> RedisCheckpointSaver:
-        """Connect to ``redis://``, ``rediss://`` (TLS) or ``unix://`` ``url`` with a sync and
-        an asyncio client (neither connects before its first command). Extra keyword
-        arguments go to both clients' ``from_url`` (``max_connections``, ``ssl_ca_certs``...).
+        """Connect to a store URL (``redis://``, ``rediss://``, ``unix://``,
+        ``redis+cluster://``, ``redis+sentinel://``...: :mod:`agents_persistence.connect`)
+        with a sync and an asyncio client (neither connects before its first command). Extra
+        keyword arguments go to both clients (``max_connections``, ``ssl_ca_certs``...).
         ``handoff``: a ``CeleryCheckpointer`` (or a :class:`CheckpointHandOff`) for write-behind.
         """
         common: dict[str, Any] = {
@@ -134,8 +136,12 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
             "health_check_interval": 30,
             **redis_kwargs,
         }
-        client = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **common)
-        aclient = aredis.Redis.from_url(url, retry=aredis.retry.Retry(NoBackoff(), 0), **common)
+        client = cast(redis.Redis, blocking_client(url, retry=Retry(NoBackoff(), 0), **common))
+        aretry = aredis.retry.Retry(NoBackoff(), 0)
+        if parse_store_url(url).kind == "single":
+            aclient = aredis.Redis.from_url(url, retry=aretry, **common)
+        else:  # a RedisCluster, or the primary a Sentinel names
+            aclient = cast(aredis.Redis, asyncio_client(url, retry=aretry, **common))
         return cls(
             client,
             aclient=aclient,
