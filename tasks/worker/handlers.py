@@ -16,18 +16,33 @@ unreachable too (the store is still down), the message goes back to the queue af
 pause, and each redelivery tries the write first. So an outage of any length ends with
 every hand-off stored or dead-lettered once the store returns
 (``tests/faults/test_outages.py``; each exit on its own: ``tests/unit/test_handlers.py``).
+
+A dead-letter list whose key holds another Redis type (:class:`StoreMisconfigured`, an
+operator's ``SET`` on it, say) is no outage and no retry fixes it: the worker logs CRITICAL,
+naming the key and the fix (at most once a minute per process and key), and re-publishes
+the message with the longest retry countdown, its retry count unchanged, so the held
+messages wait in the broker rather than in pool slots and the queue's good messages keep
+flowing. Once the key is deleted or renamed, the next delivery dead-letters it
+(``tests/faults/test_dead_letter_misconfigured.py``). If that re-publish fails, the message
+goes back to the queue after a pause, as when the list is unreachable.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from agents_persistence.checkpoint import PreparedSave, WriteResult
-from agents_persistence.errors import CorruptState, InvalidInput, StoreUnavailable
+from agents_persistence.errors import (
+    CorruptState,
+    InvalidInput,
+    StoreMisconfigured,
+    StoreUnavailable,
+)
 from agents_persistence.tasks.protocol.messages import (
     ForeignNamespace,
     entry_kwargs,
@@ -60,6 +75,54 @@ logger = logging.getLogger(__name__)
 _REQUEUE_PAUSE = 1.0
 #: Exceptions that already carry their message's fate (Celery acts on each of them).
 _DECIDED = (Retry, Reject, Ignore)
+#: Seconds between two CRITICAL logs about one misconfigured dead-letter key, per process.
+_MISCONFIGURED_LOG_PERIOD = 60.0
+#: The retry number whose backoff ceiling is the cap: a held message waits the longest
+#: countdown (``task_retry_backoff_max_seconds``, jittered down to half).
+_HOLD_RETRY = 1000
+
+
+class LogThrottle:
+    """Lets one report per key through every ``period`` seconds and counts the others.
+
+    :meth:`due` answers None while the key's period runs, else how many reports were held
+    back since the last one let through (and starts a new period).
+    """
+
+    def __init__(self, period: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.period = period
+        self.clock = clock
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def due(self, key: str) -> int | None:
+        now = self.clock()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self.period:
+                self._held[key] = self._held.get(key, 0) + 1
+                return None
+            self._last[key] = now
+            return self._held.pop(key, 0)
+
+
+_misconfigured_reports = LogThrottle(_MISCONFIGURED_LOG_PERIOD)
+
+
+def report_misconfigured(exc: StoreMisconfigured, hold_seconds: float) -> None:
+    """Log CRITICAL that the dead-letter list ``exc.key`` holds another type, and the fix;
+    at most once per :data:`_MISCONFIGURED_LOG_PERIOD` per process and key."""
+    held = _misconfigured_reports.due(exc.key)
+    if held is None:
+        return
+    logger.critical(
+        "dead-letter list %r cannot be written (%s): messages to dead-letter are held in the "
+        "broker, re-published every %.0f s at most, until an operator runs DEL %s (or RENAME "
+        "%s <another key> to keep its value); %d more held in this process since the last "
+        "report",
+        exc.key, exc.reason, hold_seconds, exc.key, exc.key, held,
+    )  # fmt: skip
 
 
 class GiveBackRequest(Request):
@@ -126,11 +189,39 @@ class PersistenceTask(Task):  # type: ignore[type-arg]
         task: str | None = None,
         **extra: Any,
     ) -> None:
-        """Record a permanent failure; if even that fails, give the message back.
+        """Record a permanent failure; if that cannot be done, give the message back.
+
+        Raises:
+            Retry: the dead-letter list's key holds another Redis type: the message is
+                re-published to wait there (see :meth:`hold`).
+            Reject: the list is unreachable, or the re-publish failed: the message goes
+                back to the queue (``requeue=True``).
+        """
+        try:
+            self.push_dead_letter(exc, args, kwargs, task=task, **extra)
+        except StoreMisconfigured as misconfigured:
+            self.hold(misconfigured, args, kwargs)
+
+    def push_dead_letter(
+        self,
+        exc: BaseException,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        *,
+        task: str | None = None,
+        **extra: Any,
+    ) -> None:
+        """Write a dead-letter entry for ``exc``.
 
         ``task`` names the task that replays the entry (default: this one); one bad entry
         of a batch is recorded as a single save, so it replays as one. A message of another
         namespace (:class:`ForeignNamespace`) is recorded in that namespace's list.
+
+        Raises:
+            StoreMisconfigured: the list's key holds another Redis type (reported CRITICAL,
+                throttled); the caller decides what becomes of the message.
+            Reject: the list is unreachable: the message goes back to the queue after a
+                pause (``requeue=True``).
         """
         letters, namespace = self.papp.dead_letters, self.papp.settings.namespace
         if isinstance(exc, ForeignNamespace):
@@ -151,12 +242,46 @@ class PersistenceTask(Task):  # type: ignore[type-arg]
         )
         try:
             letters.push(entry)
+        except StoreMisconfigured as misconfigured:
+            report_misconfigured(misconfigured, self.papp.settings.task_retry_backoff_max_seconds)
+            raise
         except Exception as push_exc:
             logger.error("dead-letter list unavailable (%s); message returned to the queue",
                          push_exc)  # fmt: skip
             time.sleep(_REQUEUE_PAUSE)
             raise Reject(push_exc, requeue=True) from push_exc
         logger.warning("dead-lettered %s (%s): %s", self.name, entry["id"], entry["reason"])
+
+    def hold(
+        self, exc: StoreMisconfigured, args: Sequence[Any], kwargs: Mapping[str, Any]
+    ) -> NoReturn:
+        """Re-publish this task with ``args``/``kwargs`` after the longest retry countdown,
+        its retry count unchanged: a message that cannot be dead-lettered waits in the
+        broker, not in a pool slot, and never uses up its retries there.
+
+        Celery's ``self.retry`` always counts one more retry (and raises past
+        ``max_retries``), so the retry is built from the same parts: the request's
+        signature (same task id and retry count, plus the countdown) and a ``Retry``.
+        In eager mode ``exc`` is raised to the caller (an eager retry runs at once).
+
+        Raises:
+            Retry: the message is re-published (Celery then acknowledges this one).
+            Reject: the re-publish failed: the message goes back to the queue after a pause.
+        """
+        if self.request.is_eager:
+            raise exc
+        countdown = self.papp.settings.task_backoff.delay(_HOLD_RETRY)
+        try:
+            held = self.signature_from_request(
+                self.request, tuple(args), dict(kwargs), countdown=countdown
+            )
+            held.apply_async()
+        except Exception as publish_exc:
+            logger.warning("could not re-publish a message to dead-letter (%s); message "
+                           "returned to the queue", publish_exc)  # fmt: skip
+            time.sleep(_REQUEUE_PAUSE)
+            raise Reject(publish_exc, requeue=True) from exc
+        raise Retry(exc=exc, when=countdown, sig=held)  # type: ignore[arg-type]  # numbers.Real
 
     def retry_or_dead_letter(
         self, exc: Exception, args: Sequence[Any], kwargs: Mapping[str, Any]
@@ -252,23 +377,37 @@ def save_states(self: PersistenceTask, *args: Any, **kwargs: Any) -> dict[str, A
         self.dead_letter(exc, args, kwargs)
         return {"outcome": "dead_lettered"}
     valid: list[tuple[Mapping[str, Any], PreparedSave]] = []
+    # Entries to dead-letter whose list's key holds another type: re-published together
+    # once the others have an outcome, never acked with the batch.
+    held: list[Any] = []
+    misconfigured: StoreMisconfigured | None = None
     counts = {"written": 0, "duplicate": 0, "stale": 0, "dead_lettered": 0}
     namespace = app.settings.namespace
+
+    def dead_letter_entry(exc: BaseException, entry: Any, replay: Mapping[str, Any]) -> None:
+        nonlocal misconfigured
+        try:
+            self.push_dead_letter(exc, (), replay, task=SAVE_TASK, batch=True)
+        except StoreMisconfigured as err:
+            misconfigured = err
+            held.append(entry)
+        else:
+            counts["dead_lettered"] += 1
+
     for entry in entries:
         try:
             valid.append((entry, parse_entry(entry, app.store.codec)))
         except InvalidInput as exc:
-            self.dead_letter(exc, (), entry_kwargs(namespace, entry), task=SAVE_TASK, batch=True)
-            counts["dead_lettered"] += 1
+            dead_letter_entry(exc, entry, entry_kwargs(namespace, entry))
     try:
         results = app.store.save_many([save for _, save in valid])
     except (StoreUnavailable, SoftTimeLimitExceeded) as exc:
-        # Retry only the valid entries: the bad ones are already dead-lettered (left to
-        # guarded, the soft time limit would retry the whole message and dead-letter
-        # them twice).
+        # Retry only the valid entries and the held ones: the other bad ones are already
+        # dead-lettered (left to guarded, the soft time limit would retry the whole
+        # message and dead-letter them twice).
         retry_kwargs: dict[str, Any] = {
             "namespace": namespace,
-            "entries": [entry for entry, _ in valid],
+            "entries": [entry for entry, _ in valid] + held,
         }
         self.retry_or_dead_letter(exc, (), retry_kwargs)
         return {"outcome": "dead_lettered"}
@@ -276,10 +415,10 @@ def save_states(self: PersistenceTask, *args: Any, **kwargs: Any) -> dict[str, A
         if isinstance(result, WriteResult):
             counts[result.outcome.value] += 1
         else:
-            self.dead_letter(
-                result, (), {"namespace": namespace, **sent}, task=SAVE_TASK, batch=True
-            )
-            counts["dead_lettered"] += 1
+            dead_letter_entry(result, sent, {"namespace": namespace, **sent})
+    if misconfigured is not None:
+        logger.info("batch %s: %s; %d entries held", self.request.id, counts, len(held))
+        self.hold(misconfigured, (), {"namespace": namespace, "entries": held})
     return counts
 
 
