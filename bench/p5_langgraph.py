@@ -7,7 +7,7 @@ journal, one commit per put); ``PostgresSaver`` uses the machine's PostgreSQL (`
 default database ``test``, trust auth), rows of this run's threads deleted at the end.
 
 Ours: ``RedisCheckpointer.save_state`` / ``load_state`` (synchronous, one round trip; with the
-default codec, which zlib-compresses JSON of 16 KB and more, and with compression off), and
+default codec, which zstd-compresses JSON of 16 KB and more, and with compression off), and
 the agent's cost with ``CeleryCheckpointer`` (buffered and durable hand-off).
 """
 
@@ -159,7 +159,7 @@ def run(ctx: Context) -> Section:
 def _report(sec: Section, size: int, stats: dict[str, Stats]) -> None:
     ours = stats["ours_put"].p50_us
     for name, put, get in (
-        ("RedisCheckpointer (direct, default: zlib ≥16 KB)", "ours_put", "ours_get"),
+        ("RedisCheckpointer (direct, default: zstd ≥16 KB)", "ours_put", "ours_get"),
         ("RedisCheckpointer (direct, compression off)", "plain_put", "plain_get"),
         ("CeleryCheckpointer buffered (hand-off)", "buffered_put", None),
         ("CeleryCheckpointer durable (hand-off)", "durable_put", None),

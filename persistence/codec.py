@@ -4,7 +4,9 @@ A record is a fixed 40-byte ASCII header followed by the body::
 
     offset  0  b"AP"      magic
             2  b"1"       envelope schema
-            3  kind       b"j" JSON body, b"z" zlib-compressed JSON body, b"t" tombstone
+            3  kind       b"j" JSON body, b"s" zstd-compressed JSON body, b"z" zlib-
+                          compressed JSON body (written before zstd; read forever),
+                          b"t" tombstone
             4  version    20 digits, zero padded (compared as a string by the Lua scripts)
            24  saved_at   16 digits, unix milliseconds, zero padded
            40  body       the snapshot's JSON (absent for a tombstone)
@@ -16,17 +18,26 @@ envelope schema 0: the Rust crate's plain JSON, read as version 0 (any save repl
 Reading never trusts the stored bytes: a version above ``MAX_VERSION``, a save time past
 year 9999, a body (inflated or not) above the size cap plus :data:`LOAD_MARGIN` are
 :class:`CorruptState`, and a compressed body is inflated at most that far, so a few hundred
-KB of zlib can never become hundreds of MB in memory.
+KB of zlib or zstd can never become hundreds of MB in memory. A zstd frame states its size
+in its header: a size above the limit is refused before anything is allocated, and a frame
+that does not state it is decoded into a buffer of the limit at most.
+
+Compression (of bodies from ``compress_threshold`` bytes on) is zstd level 1 by default:
+on agent state (code-like text) it stores about as small as zlib level 1 (~0.27x at 64 KB)
+at 2-3x its speed, and inflates 4-5x faster. ``compression="zlib"`` writes zlib records
+for readers of this library older than zstd records.
 """
 
 from __future__ import annotations
 
+import threading
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final
+from typing import Final, Literal, get_args
 
 import orjson
+import zstandard
 from agents_persistence.errors import CorruptState, InvalidSnapshot, SnapshotTooLarge
 from agents_persistence.models import AgentStateSnapshot
 from agents_persistence.validation import (
@@ -40,6 +51,8 @@ from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError
 
 __all__ = [
+    "COMPRESSIONS",
+    "DEFAULT_COMPRESSION",
     "DEFAULT_COMPRESS_THRESHOLD",
     "DEFAULT_MAX_SNAPSHOT_BYTES",
     "HEADER_SIZE",
@@ -50,6 +63,7 @@ __all__ = [
     "VERSION_END",
     "VERSION_START",
     "Codec",
+    "Compression",
     "Record",
     "format_version",
 ]
@@ -58,6 +72,7 @@ __all__ = [
 MAGIC: Final = b"AP1"
 KIND_JSON: Final = b"j"
 KIND_ZLIB: Final = b"z"
+KIND_ZSTD: Final = b"s"
 KIND_TOMBSTONE: Final = b"t"
 KIND_AT: Final = len(MAGIC)
 VERSION_START: Final = KIND_AT + 1
@@ -72,7 +87,13 @@ DEFAULT_COMPRESS_THRESHOLD: Final = 16 * 1024
 #: record written before the cap was lowered by up to a fifth still loads; anything
 #: larger is CorruptState, never a larger allocation.
 LOAD_MARGIN: Final = 0.25
+#: What :class:`Codec` compresses large bodies with (both are always read).
+Compression = Literal["zstd", "zlib"]
+COMPRESSIONS: Final[tuple[str, ...]] = get_args(Compression)
+DEFAULT_COMPRESSION: Final[Compression] = "zstd"
 _ZLIB_LEVEL: Final = 1  # fast: agent state is mostly text; level 1 gets most of the gain
+#: zstd level 1: as small as zlib level 1 on agent state, 2-3x faster (the module docstring).
+_ZSTD_LEVEL: Final = 1
 _SERIALIZER = AgentStateSnapshot.__pydantic_serializer__
 #: From this much file text on, pydantic's to_json (~1 GB/s here) loses to pydantic's JSON-mode
 #: dump + orjson (~5 GB/s); below it the extra Python objects cost more than they save.
@@ -99,20 +120,26 @@ class Codec:
     Args:
         max_snapshot_bytes: largest accepted snapshot JSON; above it
             :class:`SnapshotTooLarge` is raised before anything is written.
-        compress_threshold: compress JSON bodies of at least this many bytes with zlib;
-            ``None`` never compresses. Reading handles both either way.
+        compress_threshold: compress JSON bodies of at least this many bytes;
+            ``None`` never compresses. Reading handles every kind either way.
+        compression: ``"zstd"`` (default) or ``"zlib"``: what compressed bodies are
+            written with.
     """
 
-    __slots__ = ("compress_threshold", "max_snapshot_bytes")
+    __slots__ = ("compress_threshold", "compression", "max_snapshot_bytes")
 
     def __init__(
         self,
         *,
         max_snapshot_bytes: int = DEFAULT_MAX_SNAPSHOT_BYTES,
         compress_threshold: int | None = DEFAULT_COMPRESS_THRESHOLD,
+        compression: Compression = DEFAULT_COMPRESSION,
     ) -> None:
+        if compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be one of {COMPRESSIONS}, not {compression!r}")
         self.max_snapshot_bytes = max_snapshot_bytes
         self.compress_threshold = compress_threshold
+        self.compression: Compression = compression
 
     # -- snapshot <-> JSON ------------------------------------------------------------------
     def dump_json(self, state: AgentStateSnapshot) -> bytes:
@@ -162,9 +189,12 @@ class Codec:
         self.check_header(version, saved_at_ms)
         kind = KIND_JSON
         if self.compress_threshold is not None and len(body) >= self.compress_threshold:
-            packed = zlib.compress(body, _ZLIB_LEVEL)
+            if self.compression == "zstd":
+                packed, packed_kind = _ZSTD.compressor.compress(body), KIND_ZSTD
+            else:
+                packed, packed_kind = zlib.compress(body, _ZLIB_LEVEL), KIND_ZLIB
             if len(packed) < len(body):
-                body, kind = packed, KIND_ZLIB
+                body, kind = packed, packed_kind
         saved_at = b"%0*d" % (SAVED_AT_DIGITS, saved_at_ms)
         return b"".join((MAGIC, kind, format_version(version), saved_at, body))
 
@@ -204,7 +234,9 @@ class Codec:
             raise CorruptState(thread_id, f"record version above {MAX_VERSION}")
         if kind == KIND_TOMBSTONE:
             return Record(version, saved_at, None)
-        if kind == KIND_ZLIB:
+        if kind == KIND_ZSTD:
+            body = self._unzstd(thread_id, body)
+        elif kind == KIND_ZLIB:
             body = self._inflate(thread_id, body)
         elif kind != KIND_JSON:
             raise CorruptState(thread_id, f"unknown record kind {kind!r}")
@@ -226,6 +258,32 @@ class Codec:
             raise CorruptState(thread_id, "compressed body is truncated")
         return out
 
+    def _unzstd(self, thread_id: str, body: bytes) -> bytes:
+        """Decompress a zstd body (one frame, nothing after it), never past
+        :attr:`load_limit` bytes: a frame stating a larger size is refused before anything
+        is allocated; one stating none is decoded into at most the limit."""
+        limit = self.load_limit
+        try:
+            size = zstandard.frame_content_size(body)
+        except zstandard.ZstdError as exc:
+            raise CorruptState(thread_id, f"compressed body does not inflate: {exc}") from exc
+        if size > limit:
+            raise CorruptState(
+                thread_id, f"compressed body inflates beyond {limit} bytes (the size cap)"
+            )
+        try:
+            return _ZSTD.decompressor.decompress(
+                body, max_output_size=limit if size < 0 else 0, allow_extra_data=False
+            )
+        except zstandard.ZstdError as exc:
+            if size < 0 and "did not decompress full frame" in str(exc):
+                raise CorruptState(
+                    thread_id,
+                    f"compressed body inflates beyond {limit} bytes (the size cap) or is "
+                    "truncated",
+                ) from exc
+            raise CorruptState(thread_id, f"compressed body does not inflate: {exc}") from exc
+
     def _unpack_legacy(self, thread_id: str, raw: bytes) -> Record:
         if raw[:2] == b"AP" and raw[2:3].isdigit():
             raise CorruptState(
@@ -245,6 +303,18 @@ class Codec:
         except (ValidationError, RecursionError, ValueError) as exc:
             reason = f"body does not validate: {describe_error(exc)}"
             raise CorruptState(thread_id, reason) from exc
+
+
+class _Zstd(threading.local):
+    """This thread's zstd contexts: a context must not be used by two threads at once, and
+    making one per call costs more than compressing 16 KB."""
+
+    def __init__(self) -> None:
+        self.compressor = zstandard.ZstdCompressor(level=_ZSTD_LEVEL)
+        self.decompressor = zstandard.ZstdDecompressor()
+
+
+_ZSTD = _Zstd()
 
 
 def _why_refused(exc: ValidationError) -> str:

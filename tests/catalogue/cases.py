@@ -17,6 +17,7 @@ __all__ = [
     "deep",
     "deep_list",
     "zlib_bomb",
+    "zstd_bomb",
 ]
 
 
@@ -113,3 +114,26 @@ def zlib_bomb(inflated: int, prefix: bytes = b'{"files":{"a":"', suffix: bytes =
         check = zlib.adler32(chunk, check)
     check = zlib.adler32(suffix, check)
     return head + segment * n + tail[:-4] + check.to_bytes(4, "big")
+
+
+def zstd_bomb(
+    inflated: int,
+    *,
+    states_size: bool = True,
+    prefix: bytes = b'{"files":{"a":"',
+    suffix: bytes = b'"}}',
+) -> bytes:
+    """A valid zstd frame of ``prefix``, ``inflated`` bytes of ``x`` and ``suffix``, fed in
+    1 MiB pieces (200 MiB takes ~0.2 s and a few KB). With ``states_size`` its header
+    states the inflated size, as every frame the codec writes does; without, it does not
+    (a streaming writer's frame)."""
+    import zstandard  # only the bomb tests need it here
+
+    chunk = b"x" * (1 << 20)
+    n = inflated // len(chunk)
+    size = len(prefix) + n * len(chunk) + len(suffix) if states_size else -1
+    z = zstandard.ZstdCompressor(level=1).compressobj(size=size)
+    parts = [z.compress(prefix)]
+    parts.extend(z.compress(chunk) for _ in range(n))
+    parts += [z.compress(suffix), z.flush()]
+    return b"".join(parts)

@@ -1,7 +1,8 @@
 """Catalogue, class 2: bombs in stored data, and dead letters that stay bounded.
 
 A record whose compressed body inflates far beyond the size cap is refused while it
-inflates (CorruptState), never allocated whole. A dead letter of refused input keeps an
+inflates (CorruptState), never allocated whole; a zstd frame that states such a size is
+refused before anything is inflated. A dead letter of refused input keeps an
 excerpt (with the original size and digest), whatever was sent; one of a valid hand-off the
 store failed keeps its arguments whole, for replay. Dead letters are read a page at a time,
 and one that is not a JSON object is shown escaped, never as a traceback.
@@ -32,7 +33,7 @@ from agents_persistence.tasks.worker.dead_letters import (
 )
 from click.testing import CliRunner
 
-from tests.catalogue.cases import zlib_bomb
+from tests.catalogue.cases import zlib_bomb, zstd_bomb
 from tests.catalogue.conftest import MAX_SNAPSHOT_BYTES, Served
 from tests.support import RedisServer, sample_state
 from tests.support.celery_worker import settings_env
@@ -67,6 +68,29 @@ def test_zlib_bomb_record(store: RedisCheckpointer) -> None:
     most a few times the cap plus its margin (20 MiB) in memory, not 200 MiB; version
     reads and the next save carry on (the save replaces it)."""
     record = b"AP1z" + b"%020d" % 5 + b"%016d" % 1_700_000_000_000 + zlib_bomb(BOMB_INFLATED)
+    assert len(record) < 250_000
+    tid = f"bomb-{uuid.uuid4().hex[:8]}"
+    store.client.set(store.keys.thread(tid), record)
+    tracemalloc.start()
+    try:
+        with pytest.raises(CorruptState, match="inflates beyond"):
+            store.load_state(tid)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * store.codec.load_limit < BOMB_INFLATED / 3, peak
+    assert store.stored_versions([tid]) == {tid: 5}
+    assert store.save_state(tid, sample_state(tid), version=6).written
+    assert store.load_state(tid) == sample_state(tid)
+
+
+@pytest.mark.parametrize("states_size", [True, False], ids=["size-stated", "size-unstated"])
+def test_zstd_bomb_record(store: RedisCheckpointer, states_size: bool) -> None:
+    """A few KB of zstd under a thread key, 200 MiB once inflated: the load raises
+    CorruptState having held at most a few times the cap plus its margin; version reads and
+    the next save carry on (the save replaces it)."""
+    frame = zstd_bomb(BOMB_INFLATED, states_size=states_size)
+    record = b"AP1s" + b"%020d" % 5 + b"%016d" % 1_700_000_000_000 + frame
     assert len(record) < 250_000
     tid = f"bomb-{uuid.uuid4().hex[:8]}"
     store.client.set(store.keys.thread(tid), record)

@@ -14,6 +14,7 @@ import zlib
 
 import pytest
 import redis
+import zstandard
 from agents_persistence import CorruptState
 from agents_persistence.codec import format_version
 
@@ -32,6 +33,11 @@ NOT_RECORDS: dict[str, bytes] = {
     "bad-zlib": b"AP1z" + format_version(5) + _HEADER_TAIL + b"not zlib at all",
     "body-not-a-snapshot": b"AP1j" + format_version(5) + _HEADER_TAIL + b'{"todos": 3}',
     "zlib-not-a-snapshot": b"AP1z" + format_version(5) + _HEADER_TAIL + zlib.compress(b"[1]"),
+    "bad-zstd": b"AP1s" + format_version(5) + _HEADER_TAIL + b"not zstd at all",
+    "zstd-not-a-snapshot": b"AP1s"
+    + format_version(5)
+    + _HEADER_TAIL
+    + zstandard.ZstdCompressor().compress(b"[1]"),
     "json-not-a-snapshot": b'{"todos": "not a list"}',
 }
 

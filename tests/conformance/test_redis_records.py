@@ -11,6 +11,7 @@ import time
 import zlib
 
 import pytest
+import zstandard
 from agents_persistence import AgentStateSnapshot, CorruptState, RedisCheckpointer
 from agents_persistence.codec import HEADER_SIZE
 from agents_persistence.keys import Keys
@@ -76,9 +77,10 @@ def test_large_snapshots_are_stored_compressed(redis_backend: Backend) -> None:
     store.save_state("big", big)
     raw = client.get(store.keys.thread("big"))
     assert isinstance(raw, bytes)
-    assert raw[:4] == b"AP1z"
+    assert raw[:4] == b"AP1s"  # zstd
     assert len(raw) < 16 * 1024
-    assert json.loads(zlib.decompress(raw[HEADER_SIZE:])) == json.loads(big.model_dump_json())
+    inflated = zstandard.ZstdDecompressor().decompress(raw[HEADER_SIZE:])
+    assert json.loads(inflated) == json.loads(big.model_dump_json())
     assert store.load_state("big") == big
 
 
@@ -130,6 +132,10 @@ CORRUPT = [
     pytest.param(b"AP1jNOTDIGITS" + b"0" * 40, id="malformed-header"),
     pytest.param(_header(b"z") + b"this is not zlib", id="bad-zlib"),
     pytest.param(_header(b"z") + zlib.compress(b"{not json"), id="zlib-of-bad-json"),
+    pytest.param(_header(b"s") + b"this is not zstd", id="bad-zstd"),
+    pytest.param(
+        _header(b"s") + zstandard.ZstdCompressor().compress(b"{not json"), id="zstd-of-bad-json"
+    ),
     pytest.param(_header(b"j") + b'{"todos": [', id="bad-json"),
     pytest.param(_header(b"j") + b'{"todos": 5}', id="json-wrong-shape"),
     pytest.param(_header(b"j") + b'{"files": {"a": "\xff\xfe"}}', id="bad-utf8"),

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 import zlib
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Literal
 
 import pytest
+import zstandard
 from agents_persistence import (
     AgentStateSnapshot,
     Codec,
@@ -19,6 +23,7 @@ from agents_persistence.validation import MAX_VERSION
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.catalogue.cases import zstd_bomb
 from tests.support import SEED_JSON, sample_state
 from tests.support.strategies import snapshots
 
@@ -72,16 +77,100 @@ def test_header_layout() -> None:
     assert len(format_version(MAX_VERSION)) == 20
 
 
-def test_compression_only_when_it_helps() -> None:
-    codec = Codec(compress_threshold=0)
+@pytest.mark.parametrize(
+    ("compression", "kind", "inflate"),
+    [
+        ("zstd", b"s", lambda b: zstandard.ZstdDecompressor().decompress(b)),
+        ("zlib", b"z", zlib.decompress),
+    ],
+)
+def test_compression_only_when_it_helps(
+    compression: Literal["zstd", "zlib"], kind: bytes, inflate: Callable[[bytes], bytes]
+) -> None:
+    codec = Codec(compress_threshold=0, compression=compression)
     big = codec.dump_json(sample_state(size=5000))
     packed = codec.pack(big, 1, 0)
-    assert packed[3:4] == b"z"
-    assert zlib.decompress(packed[HEADER_SIZE:]) == big
+    assert packed[3:4] == kind
+    assert inflate(packed[HEADER_SIZE:]) == big
+    assert Codec().unpack("t", packed).state == sample_state(size=5000)  # any codec reads it
     tiny = b"{}"
-    assert codec.pack(tiny, 1, 0)[3:4] == b"j"  # zlib would make it longer
-    below = Codec(compress_threshold=len(big) + 1)
+    assert codec.pack(tiny, 1, 0)[3:4] == b"j"  # compressed it would be longer
+    below = Codec(compress_threshold=len(big) + 1, compression=compression)
     assert below.pack(big, 1, 0)[3:4] == b"j"
+
+
+def test_zstd_is_the_default_above_16_kib() -> None:
+    codec = Codec()
+    assert codec.compression == "zstd"
+    big = codec.dump_json(sample_state(size=64 * 1024))
+    packed = codec.pack(big, 3, 5)
+    assert packed[3:4] == b"s"
+    assert len(packed) < len(big) / 2
+    small = codec.dump_json(sample_state(size=1000))
+    assert codec.pack(small, 3, 5)[3:4] == b"j"
+
+
+def test_zlib_records_are_read_by_a_zstd_codec() -> None:
+    """Records written with zlib (before zstd was the default) load forever."""
+    body = Codec().dump_json(sample_state(size=40_000))
+    old = b"AP1z" + format_version(8) + b"%016d" % 1_700_000_000_000 + zlib.compress(body, 1)
+    record = Codec().unpack("t", old)
+    assert (record.version, record.state) == (8, sample_state(size=40_000))
+
+
+def test_an_unknown_compression_is_refused() -> None:
+    with pytest.raises(ValueError, match="compression must be one of"):
+        Codec(compression="lz4")  # type: ignore[arg-type]
+
+
+def _zstd_record(frame: bytes) -> bytes:
+    return b"AP1s" + format_version(5) + b"%016d" % 1_700_000_000_000 + frame
+
+
+def _peak_of(codec: Codec, raw: bytes, match: str) -> int:
+    tracemalloc.start()
+    try:
+        with pytest.raises(CorruptState, match=match):
+            codec.unpack("bomb", raw)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_zstd_frame_stating_a_size_beyond_the_cap_is_refused_before_allocating() -> None:
+    """A frame whose header states 200 MiB: refused from the header, nothing allocated."""
+    codec = Codec(max_snapshot_bytes=64 * 1024)
+    raw = _zstd_record(zstd_bomb(200 * 1024 * 1024))
+    assert len(raw) < 64 * 1024
+    peak = _peak_of(codec, raw, "inflates beyond")
+    assert peak < 64 * 1024, peak
+
+
+def test_a_zstd_frame_of_unstated_size_inflates_at_most_to_the_limit() -> None:
+    """A streaming frame (no size in its header) of 200 MiB: decoded into at most the load
+    limit, then CorruptState."""
+    codec = Codec(max_snapshot_bytes=64 * 1024)
+    raw = _zstd_record(zstd_bomb(200 * 1024 * 1024, states_size=False))
+    peak = _peak_of(codec, raw, "inflates beyond")
+    assert peak < 3 * codec.load_limit, peak
+    within = zstd_bomb(32 * 1024, states_size=False, prefix=b'{"files":{"a":"')
+    assert Codec().unpack("t", _zstd_record(within)).state is not None
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        pytest.param(b"not zstd at all", id="not-zstd"),
+        pytest.param(zstandard.ZstdCompressor().compress(b'{"todos":[]}')[:-3], id="truncated"),
+        pytest.param(zstandard.ZstdCompressor().compress(b'{"todos":[]}') + b"xx", id="trailer"),
+        pytest.param(zstandard.ZstdCompressor().compress(b"{not json"), id="not-json"),
+        pytest.param(b"", id="empty"),
+    ],
+)
+def test_bad_zstd_bodies_are_corrupt_state(frame: bytes) -> None:
+    with pytest.raises(CorruptState) as info:
+        Codec().unpack("the-thread", _zstd_record(frame))
+    assert info.value.thread_id == "the-thread"
 
 
 def test_tombstone_record_has_no_state() -> None:
