@@ -35,15 +35,17 @@ def worker(
     *,
     app: str = WORKER_APP,
     loglevel: str = "WARNING",
+    pool: str = "prefork",
 ) -> Iterator[CeleryWorker]:
-    """``celery -A <app> worker -c <concurrency> -Q <queue>`` with ``env`` (the settings),
-    started (returns at once: the benchmark's own clock tells when it consumes) and stopped
-    on exit, logs in a temp dir removed afterwards."""
+    """``celery -A <app> worker -P <pool> -c <concurrency> -Q <queue>`` with ``env`` (the
+    settings), started (returns at once: the benchmark's own clock tells when it consumes)
+    and stopped on exit, logs in a temp dir removed afterwards."""
     directory = Path(tempfile.mkdtemp(prefix="bench-worker-"))
     proc = CeleryWorker(
         env,
         directory=directory,
         concurrency=concurrency,
+        pool=pool,
         queues=[queue],
         loglevel=loglevel,
         app=app,
