@@ -297,6 +297,15 @@ class Settings(BaseSettings):
         default="block", description="When the buffer is full: block save_state, or raise."
     )
 
+    # -- operations -------------------------------------------------------------------------
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Workers serve Prometheus metrics on this port (/metrics, every pool "
+        "process's counts); unset: no metrics endpoint.",
+    )
+
     # -- validators -------------------------------------------------------------------------
     @field_validator("redis_url")
     @classmethod

@@ -18,14 +18,17 @@ from __future__ import annotations
 
 import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final, NoReturn, ParamSpec, TypeVar
 
 import redis.exceptions as rex
 from agents_persistence.errors import StoreFull, StoreUnavailable
+from agents_persistence.metrics import metrics
 from tenacity import (
     AsyncRetrying,
+    RetryCallState,
     Retrying,
     before_sleep_log,
     retry_if_exception,
@@ -96,13 +99,22 @@ class RetryPolicy:
             raise ValueError("max_backoff is below initial_backoff")
 
     def call(self, what: str, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run ``fn``; on transient errors retry within the bounds, then StoreUnavailable."""
+        """Run ``fn``; on transient errors retry within the bounds, then StoreUnavailable.
+
+        Its time, retries included, is observed as ``store_seconds{op=what}``."""
+        started = time.perf_counter()
+        try:
+            return self._call(what, fn, *args, **kwargs)
+        finally:
+            metrics().store_call(what, time.perf_counter() - started)
+
+    def _call(self, what: str, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return fn(*args, **kwargs)
         except Exception as exc:
             self._first_failure(what, exc)
         try:
-            return self._retrying(Retrying)(fn, *args, **kwargs)
+            return self._retrying(Retrying, what)(fn, *args, **kwargs)
         except Exception as exc:
             self._gave_up(what, exc)
 
@@ -111,16 +123,31 @@ class RetryPolicy:
     ) -> T:
         """:meth:`call` for a coroutine function: the same bounds, allow-list and errors,
         with tenacity's ``AsyncRetrying`` (its sleeps never block the event loop)."""
+        started = time.perf_counter()
+        try:
+            return await self._acall(what, fn, *args, **kwargs)
+        finally:
+            metrics().store_call(what, time.perf_counter() - started)
+
+    async def _acall(
+        self, what: str, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
         try:
             return await fn(*args, **kwargs)
         except Exception as exc:
             self._first_failure(what, exc)
         try:
-            return await self._retrying(AsyncRetrying)(fn, *args, **kwargs)
+            return await self._retrying(AsyncRetrying, what)(fn, *args, **kwargs)
         except Exception as exc:
             self._gave_up(what, exc)
 
-    def _retrying(self, kind: type[R]) -> R:
+    def _retrying(self, kind: type[R], what: str) -> R:
+        log = before_sleep_log(logger, logging.WARNING)
+
+        def before_sleep(state: RetryCallState) -> None:
+            metrics().store_retry(what)
+            log(state)
+
         return kind(
             stop=stop_after_attempt(self.attempts) | stop_after_delay(self.deadline),
             wait=wait_exponential_jitter(
@@ -129,7 +156,7 @@ class RetryPolicy:
                 **{_BACKOFF_ARG: self.initial_backoff},
             ),
             retry=retry_if_exception(is_transient),
-            before_sleep=before_sleep_log(logger, logging.WARNING),
+            before_sleep=before_sleep,
             reraise=True,
         )
 
@@ -141,6 +168,7 @@ class RetryPolicy:
             raise exc
         if self.attempts == 0:
             raise StoreUnavailable(f"{what}: store unavailable ({_describe(exc)})") from exc
+        metrics().store_retry(what)
         logger.warning("%s: transient store error (%s); retrying", what, _describe(exc))
 
     def _gave_up(self, what: str, exc: Exception) -> NoReturn:

@@ -42,6 +42,7 @@ from agents_persistence.base import BaseCheckpointer
 from agents_persistence.checkpoint import Checkpoint, PreparedSave, WriteResult
 from agents_persistence.config.settings import Settings
 from agents_persistence.errors import HandOffError
+from agents_persistence.metrics import metrics
 from agents_persistence.models import AgentStateSnapshot
 from agents_persistence.redis_store import RedisCheckpointer
 from agents_persistence.tasks.client.buffer import BufferedPublisher
@@ -145,6 +146,7 @@ class CeleryCheckpointer:
                 linger=settings.batch_linger_seconds,
                 capacity=settings.buffer_max_snapshots,
                 full_policy=settings.buffer_full_policy,
+                thread_context=self._sender.holding_producer,
             )
             atexit.register(_close_at_exit, weakref.ref(self))
 
@@ -235,6 +237,7 @@ class CeleryCheckpointer:
             if held is None or held.save.version < save.version:
                 self._outbox[save.thread_id] = _Outgoing(save, time.monotonic())
             grown = len(self._outbox) >= self._prune_at
+        metrics().handed_off(self.mode)
         if grown:
             self._pruner.wake()
 
@@ -300,6 +303,7 @@ class CeleryCheckpointer:
                 raise HandOffError(f"write-through failed: {result}") from result
         with self._lock:
             self.written_through += len(saves)
+        metrics().handed_off("write_through", len(saves))
 
     # -- durability -------------------------------------------------------------------------------
     def flush(self, timeout: float | None = 30.0) -> None:

@@ -175,4 +175,8 @@ def create_app(
     install_json_decoder()  # exact same results as kombu's JSON decoder, ~2.8x faster
     app = PersistenceApp(settings if settings is not None else Settings(), store=store)
     register_tasks(app)
+    if app.settings.metrics_port is not None:
+        from agents_persistence.tasks.worker.metrics import install
+
+        install(app)  # a worker running this app serves /metrics on the port
     return app
