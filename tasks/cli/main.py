@@ -17,6 +17,7 @@ from agents_persistence.base import MAX_PAGE_SIZE
 from agents_persistence.config.settings import redact_url
 from agents_persistence.tasks.cli.context import CliGroup, Context, fail, pass_context
 from agents_persistence.tasks.cli.demo import DemoOptions, run_demo
+from agents_persistence.tasks.cli.doctor import doctor
 from agents_persistence.tasks.devtools.embedded import EmbeddedKind
 from rich.console import Console
 from rich.markup import escape
@@ -352,3 +353,6 @@ def demo(
     code = run_demo(obj.settings, opts, obj.console)
     if code:
         raise click.exceptions.Exit(code)
+
+
+main.add_command(doctor)
