@@ -126,10 +126,29 @@ def cleanup(obj: Context, limit: int | None) -> None:
 
 
 @main.command()
+@click.option("--watch", is_flag=True, help="Live metrics, refreshed until Ctrl-C.")
+@click.option(
+    "--metrics-url",
+    "metrics_urls",
+    multiple=True,
+    metavar="URL",
+    help="A worker's (or agent's) /metrics to read with --watch (repeatable; default: "
+    "http://127.0.0.1:<METRICS_PORT>/metrics).",
+)
+@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True)
+@click.option("--count", type=click.IntRange(min=1), default=None, help="Stop after N refreshes.")
 @pass_context
-def stats(obj: Context) -> None:
+def stats(
+    obj: Context, watch: bool, metrics_urls: tuple[str, ...], interval: float, count: int | None
+) -> None:
     """Threads, dead letters, keys of the namespace, and the server's memory."""
     store, settings = obj.store, obj.settings
+    if watch:
+        from agents_persistence.tasks.cli.watch import Watch, default_urls
+
+        urls = default_urls(settings.metrics_port, metrics_urls)
+        Watch(obj.app, store, obj.dead_letters, urls).run(obj.console, interval, count)
+        return
     live, expired = store.count_threads()
     keys = store.key_count()
     table = Table(title=f"namespace {settings.namespace}", show_header=False)
