@@ -3,8 +3,10 @@
 ``submit`` returns before any network round trip. A newer snapshot of a thread replaces an
 older one still waiting (coalescing, counted as superseded). The thread publishes up to
 ``max_batch`` snapshots or ``max_bytes`` of JSON per message, waiting at most ``linger``
-seconds to fill one. A failed publish puts the batch back (unless newer versions arrived)
-and is retried with backoff; the failure is reported to the caller on the next ``submit``
+seconds to fill one; it is woken for the first snapshot and for the one that fills a batch,
+not for each (an event loop handing off would otherwise give it the GIL once per save). A
+failed publish puts the batch back (unless newer versions arrived) and is retried with
+backoff; the failure is reported to the caller on the next ``submit``
 (which then takes nothing) or ``flush`` (``tests/unit/test_handoff_claims.py``).
 
 What it can lose: the snapshots the broker has not accepted when the agent process itself
@@ -15,10 +17,12 @@ at a normal exit (``tests/integration/test_agent_crash.py``).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Literal
 
 from agents_persistence.checkpoint import PreparedSave
@@ -30,7 +34,11 @@ logger = logging.getLogger(__name__)
 
 
 class BufferedPublisher:
-    """Coalescing, bounded, batching publisher thread (see the module docstring)."""
+    """Coalescing, bounded, batching publisher thread (see the module docstring).
+
+    ``publish`` is called on the thread with each batch; ``thread_context`` is entered by
+    the thread around its whole run (the client holds one broker producer with it).
+    """
 
     def __init__(
         self,
@@ -42,11 +50,14 @@ class BufferedPublisher:
         capacity: int,
         full_policy: Literal["block", "raise"],
         name: str = "agents-persistence-publisher",
+        thread_context: Callable[[], AbstractContextManager[object]] = nullcontext,
     ) -> None:
         self._publish = publish
+        self._thread_context = thread_context
         self.max_batch, self.max_bytes, self.linger = max_batch, max_bytes, linger
         self.capacity, self.full_policy = capacity, full_policy
         self._buf: dict[str, PreparedSave] = {}
+        self._bytes = 0  # JSON bytes in _buf
         self._cond = threading.Condition()
         self._inflight = 0
         self._flushing = 0
@@ -76,22 +87,38 @@ class BufferedPublisher:
             if not self._started:
                 self._thread.start()
                 self._started = True
-            old = self._buf.get(save.thread_id)
-            if old is not None:
-                self.superseded += 1
-                if save.version > old.version:
-                    self._buf[save.thread_id] = save
-                return True
-            if len(self._buf) >= self.capacity:
+            if save.thread_id not in self._buf and len(self._buf) >= self.capacity:
                 if self.full_policy == "raise":
                     raise HandOffError(f"hand-off buffer is full ({self.capacity} snapshots)")
                 if not wait:
                     return False
-                if not self._cond.wait_for(lambda: len(self._buf) < self.capacity, timeout):
+                if not self._cond.wait_for(
+                    lambda: len(self._buf) < self.capacity or save.thread_id in self._buf,
+                    timeout,
+                ):
                     raise HandOffError(f"hand-off buffer stayed full for {timeout}s")
-            self._buf[save.thread_id] = save
-            self._cond.notify_all()
+            self._store(save)
             return True
+
+    def _store(self, save: PreparedSave) -> None:
+        """Put ``save`` in the buffer unless it holds a newer version of the thread."""
+        old = self._buf.get(save.thread_id)
+        if old is not None:
+            self.superseded += 1
+            if save.version <= old.version:
+                return
+            self._bytes -= len(old.body)
+        self._buf[save.thread_id] = save
+        self._bytes += len(save.body)
+        # Wake the thread only for an entry it waits for: the first (it sleeps on an empty
+        # buffer) or the one that fills a batch (it lingers for one). Nobody else waits for
+        # entries to arrive, and waking it for every one would have it take the GIL (from
+        # an event loop, say) once per hand-off instead of once per batch.
+        if len(self._buf) == 1 or self._batch_full():
+            self._cond.notify_all()
+
+    def _batch_full(self) -> bool:
+        return len(self._buf) >= self.max_batch or self._bytes >= self.max_bytes
 
     def flush(self, timeout: float | None = None) -> None:
         """Block until every queued snapshot was accepted by the broker."""
@@ -127,6 +154,11 @@ class BufferedPublisher:
         """Snapshots waiting to be published."""
         return len(self._buf)
 
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes of JSON waiting to be published."""
+        return self._bytes
+
     def _raise_pending_error(self) -> None:
         if self._error is not None:
             err, self._error = self._error, None
@@ -136,16 +168,21 @@ class BufferedPublisher:
     def _take_batch(self) -> list[PreparedSave]:
         batch: list[PreparedSave] = []
         size = 0
-        for tid in list(self._buf):
-            save = self._buf[tid]
-            if batch and (len(batch) >= self.max_batch or size + len(save.body) > self.max_bytes):
+        for save in itertools.islice(self._buf.values(), self.max_batch):
+            if batch and size + len(save.body) > self.max_bytes:
                 break
             batch.append(save)
             size += len(save.body)
-            del self._buf[tid]
+        for save in batch:
+            del self._buf[save.thread_id]
+        self._bytes -= size
         return batch
 
     def _run(self) -> None:
+        with self._thread_context():
+            self._publish_until_closed()
+
+    def _publish_until_closed(self) -> None:
         backoff = 0.05
         while True:
             with self._cond:
@@ -153,7 +190,7 @@ class BufferedPublisher:
                 if not self._buf and self._closed:
                     return
                 deadline = time.monotonic() + self.linger
-                while len(self._buf) < self.max_batch and not self._flushing and not self._closed:
+                while not self._batch_full() and not self._flushing and not self._closed:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0 or not self._cond.wait(remaining):
                         break
@@ -184,3 +221,4 @@ class BufferedPublisher:
             queued = self._buf.get(save.thread_id)
             if queued is None or queued.version < save.version:
                 self._buf[save.thread_id] = save
+                self._bytes += len(save.body) - (0 if queued is None else len(queued.body))

@@ -9,6 +9,12 @@ itself (headers, properties, the sent event) is built and published by Celery's 
 with only the body encoded beforehand by orjson (still ``application/json``).
 ``tests/unit/test_sender.py`` proves the two publish the same message.
 
+A thread that publishes message after message (the buffered publisher) can hold one producer
+from the app's pool for as long as it runs (:meth:`TaskSender.holding_producer`), rather than
+take one and give it back per message (each time re-binding it to a channel); the broker
+connection under it is the pool's, and kombu's publish retries reconnect it as usual. A send
+that failed gives the held producer back, and the next one takes a fresh one.
+
 When anything is connected to Celery's publish signals (``before_task_publish``,
 ``after_task_publish``, ``task_sent``), it simply calls ``app.send_task``, so hooks (tracing,
 auditing) see every message as they would otherwise (the body as a tuple, not bytes).
@@ -16,7 +22,9 @@ auditing) see every message as they would otherwise (the body as a tuple, not by
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager, suppress
 from typing import Any
 
 import orjson
@@ -57,6 +65,7 @@ class TaskSender:
         self.retry_policy = dict(retry_policy)
         self.timeout = timeout
         self._queue: Any = None
+        self._held = threading.local()  # .stack: ExitStack holding this thread's producer
 
     def send(self, name: str, kwargs: dict[str, Any], kwargsrepr: str) -> None:
         """Publish task ``name`` with ``kwargs``; returns once the broker accepted it.
@@ -88,7 +97,8 @@ class TaskSender:
             return
         if self._queue is None:
             self._queue = amqp.queues[self.queue_name]
-        with app.producer_or_acquire() as producer:
+        held = self._held_producer()
+        with app.producer_or_acquire(held) as producer, self._giving_back_on_error(held):
             amqp.send_task_message(
                 producer,
                 name,
@@ -102,6 +112,41 @@ class TaskSender:
                 content_type="application/json",
                 content_encoding="utf-8",
             )
+
+    @contextmanager
+    def holding_producer(self) -> Iterator[None]:
+        """Within the block, this thread's :meth:`send` calls share one producer from the
+        app's pool (taken at the first send, given back when the block ends)."""
+        stack = ExitStack()
+        self._held.stack = stack
+        self._held.producer = None
+        try:
+            yield
+        finally:
+            del self._held.stack, self._held.producer
+            stack.close()
+
+    def _held_producer(self) -> Any:
+        """This thread's held producer (taken now if it has none yet); None if it holds none."""
+        stack: ExitStack | None = getattr(self._held, "stack", None)
+        if stack is None:
+            return None
+        if self._held.producer is None:
+            self._held.producer = stack.enter_context(self.app.producer_or_acquire())
+        return self._held.producer
+
+    @contextmanager
+    def _giving_back_on_error(self, held: Any) -> Iterator[None]:
+        """Give a held producer back to the pool if the send fails: the next send takes
+        a fresh one rather than reuse one whose connection may be broken."""
+        try:
+            yield
+        except BaseException:
+            if held is not None:
+                self._held.producer = None
+                with suppress(Exception):  # the send's own error is the one to report
+                    self._held.stack.close()
+            raise
 
     def _send_task(self, name: str, kwargs: dict[str, Any], kwargsrepr: str) -> None:
         self.app.send_task(
