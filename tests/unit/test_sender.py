@@ -158,3 +158,63 @@ def test_what_orjson_refuses_goes_through_send_task(app: PersistenceApp) -> None
     with mock.patch.object(TaskSender, "_send_task", autospec=True) as fallback:
         TaskSender(app, app.settings.queue, {}).send(SAVE_TASK, kwargs, "{...}")
     fallback.assert_called_once()
+
+
+def _queued(app: PersistenceApp) -> list[Any]:
+    """The kwargs of every message in the queue, oldest first (taking them)."""
+    found = []
+    with app.connection_for_write() as conn:
+        channel: Any = conn.default_channel
+        while (message := channel.basic_get(app.settings.queue, no_ack=True)) is not None:
+            found.append(message.decode()[1])
+    return found
+
+
+def test_a_thread_holding_a_producer_takes_one_from_the_pool_once(app: PersistenceApp) -> None:
+    sender = TaskSender(app, app.settings.queue, {"max_retries": 0}, timeout=3.0)
+    pool = app.producer_pool
+    with mock.patch.object(
+        type(pool), "acquire", autospec=True, side_effect=type(pool).acquire
+    ) as acquire:
+        with sender.holding_producer():
+            for i in range(3):
+                sender.send(SAVE_TASK, {"i": i}, "{...}")
+            assert acquire.call_count == 1
+        sender.send(SAVE_TASK, {"i": 3}, "{...}")  # not holding: one per send again
+        assert acquire.call_count == 2
+    assert _queued(app) == [{"i": i} for i in range(4)]
+
+
+def test_a_failed_send_gives_the_held_producer_back(app: PersistenceApp) -> None:
+    sender = TaskSender(app, app.settings.queue, {"max_retries": 0}, timeout=3.0)
+    pool = app.producer_pool
+    released: list[Any] = []
+    real_release = type(pool).release
+
+    def release(self: Any, resource: Any) -> None:
+        released.append(resource)
+        real_release(self, resource)
+
+    send_task_message = app.amqp.send_task_message
+    calls: list[int] = []
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise ConnectionError("broker went away")
+        return send_task_message(*args, **kwargs)
+
+    with (
+        mock.patch.object(type(pool), "release", release),
+        mock.patch.object(app.amqp, "send_task_message", flaky),
+    ):
+        with sender.holding_producer():
+            sender.send(SAVE_TASK, {"i": 0}, "{...}")
+            first = sender._held.producer
+            with pytest.raises(ConnectionError):
+                sender.send(SAVE_TASK, {"i": 1}, "{...}")
+            assert released == [first]  # given back at once, not kept
+            sender.send(SAVE_TASK, {"i": 2}, "{...}")  # a fresh one from the pool
+            assert len(released) == 1
+        assert len(released) == 2  # and given back when the block ends
+    assert _queued(app) == [{"i": 0}, {"i": 2}]
