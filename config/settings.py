@@ -305,6 +305,11 @@ class Settings(BaseSettings):
         description="Workers serve Prometheus metrics on this port (/metrics, every pool "
         "process's counts); unset: no metrics endpoint.",
     )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="Workers' log lines: text, or json (one JSON object per line, with the "
+        "task, thread_id, version and outcome as fields where known).",
+    )
 
     # -- validators -------------------------------------------------------------------------
     @field_validator("redis_url")

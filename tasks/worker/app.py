@@ -179,4 +179,8 @@ def create_app(
         from agents_persistence.tasks.worker.metrics import install
 
         install(app)  # a worker running this app serves /metrics on the port
+    if app.settings.log_format == "json":
+        from agents_persistence.tasks.worker.logs import install as json_logs
+
+        json_logs(app)  # a worker running this app logs one JSON object per line
     return app

@@ -8,6 +8,7 @@ a store that are down, a broker restart the worker reconnects after.
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -110,13 +111,16 @@ def test_failures_never_show_the_password(
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("log_format", ["text", "json"])
 def test_worker_log_and_output_never_show_the_password(
     redis_server_factory: Callable[..., RedisServer],
     celery_worker_factory: WorkerFactory,
     tmp_path: Path,
+    log_format: str,
 ) -> None:
     """A worker at -l debug on password-protected store and broker: its banner, task logs,
-    the retries of a paused store, and its reconnection after a broker restart."""
+    the retries of a paused store, and its reconnection after a broker restart; in either
+    log format (json: every line one JSON object)."""
     store_server = redis_server_factory(requirepass=PASSWORD)
     broker_server = redis_server_factory(requirepass=PASSWORD, appendonly=True)
     tag = uuid.uuid4().hex[:8]
@@ -128,6 +132,7 @@ def test_worker_log_and_output_never_show_the_password(
         "socket_timeout_seconds": 1.0,
         "retry_attempts": 1,
         "retry_deadline_seconds": 0.5,
+        "log_format": log_format,
     }
     settings = Settings(_env_file=None, **fields)
     worker = celery_worker_factory(settings_env(**fields), loglevel="debug")
@@ -145,6 +150,12 @@ def test_worker_log_and_output_never_show_the_password(
     assert worker.log_count("retry") > 0
     assert_clean(worker.log_text(), "the worker's log")
     assert_clean(worker.output_path.read_text("utf-8", "replace"), "the worker's output")
+    if log_format == "json":
+        lines = [json.loads(line) for line in worker.log_text().splitlines() if line.strip()]
+        assert all(isinstance(line, dict) and "message" in line for line in lines)
+        stored = [line for line in lines if line.get("outcome") == "written"]
+        assert {line.get("thread_id") for line in stored} >= {"a", "c"}
+        assert all(line["version"] == 1 for line in stored)
     store.close()
 
 
