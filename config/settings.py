@@ -174,6 +174,11 @@ class Settings(BaseSettings):
         description="Compress stored JSON at or above this; None (or above "
         "max_snapshot_bytes): never.",
     )
+    compression: Literal["zstd", "zlib"] = Field(
+        default="zstd",
+        description="What stored JSON from compress_threshold_bytes on is compressed with: "
+        "zstd, or zlib (for readers of releases before zstd); both are always read.",
+    )
 
     # -- the store's connection and retry policy (tenacity) --------------------------------
     socket_timeout_seconds: float = Field(
@@ -455,12 +460,13 @@ class Settings(BaseSettings):
 
     # -- what the settings build --------------------------------------------------------------
     def build_codec(self) -> Codec:
-        """The store's codec: size cap and compression threshold."""
+        """The store's codec: size cap, compression threshold and algorithm."""
         from agents_persistence.codec import Codec
 
         return Codec(
             max_snapshot_bytes=self.max_snapshot_bytes,
             compress_threshold=self.compress_threshold_bytes,
+            compression=self.compression,
         )
 
     def build_retry_policy(self) -> RetryPolicy:

@@ -240,3 +240,15 @@ def test_size_cap_on_both_sides() -> None:
 def test_load_json_refuses_bad_messages(body: bytes, message: str) -> None:
     with pytest.raises(InvalidSnapshot, match=message):
         Codec().load_json(body)
+
+
+def test_settings_choose_the_compression() -> None:
+    """``AGENTS_PERSISTENCE_COMPRESSION=zlib`` writes zlib records (for readers of releases
+    before zstd); the default writes zstd."""
+    from agents_persistence.config.settings import Settings
+
+    body = Codec().dump_json(sample_state(size=40_000))
+    for name, kind in (("zlib", b"z"), ("zstd", b"s")):
+        codec = Settings(_env_file=None, compression=name).build_codec()  # type: ignore[arg-type]
+        assert codec.pack(body, 1, 0)[3:4] == kind
+    assert Settings(_env_file=None).build_codec().compression == "zstd"
