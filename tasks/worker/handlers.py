@@ -43,6 +43,7 @@ from agents_persistence.errors import (
     StoreMisconfigured,
     StoreUnavailable,
 )
+from agents_persistence.metrics import metrics
 from agents_persistence.tasks.protocol.messages import (
     ForeignNamespace,
     entry_kwargs,
@@ -58,6 +59,7 @@ from agents_persistence.tasks.protocol.names import (
     SAVE_TASK,
 )
 from agents_persistence.tasks.worker.dead_letters import DeadLetters, make_entry
+from agents_persistence.tasks.worker.metrics import dead_lettered
 from billiard.einfo import ExceptionWithTraceback  # type: ignore[attr-defined]
 from celery import Task
 from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded, Terminated
@@ -250,6 +252,7 @@ class PersistenceTask(Task):  # type: ignore[type-arg]
                          push_exc)  # fmt: skip
             time.sleep(_REQUEUE_PAUSE)
             raise Reject(push_exc, requeue=True) from push_exc
+        dead_lettered(task or self.name, kwargs)
         logger.warning("dead-lettered %s (%s): %s", self.name, entry["id"], entry["reason"])
 
     def hold(
@@ -362,7 +365,9 @@ def save_state(self: PersistenceTask, *args: Any, **kwargs: Any) -> dict[str, An
 
     def write() -> WriteResult:
         save = parse_save(args, kwargs, namespace=app.settings.namespace, codec=app.store.codec)
-        return app.store.save_prepared(save)
+        result = app.store.save_prepared(save)
+        metrics().saved(result.outcome.value, save.saved_at_ms)
+        return result
 
     return self.apply_write(write, args, kwargs)
 
@@ -411,9 +416,10 @@ def save_states(self: PersistenceTask, *args: Any, **kwargs: Any) -> dict[str, A
         }
         self.retry_or_dead_letter(exc, (), retry_kwargs)
         return {"outcome": "dead_lettered"}
-    for (sent, _), result in zip(valid, results, strict=True):
+    for (sent, save), result in zip(valid, results, strict=True):
         if isinstance(result, WriteResult):
             counts[result.outcome.value] += 1
+            metrics().saved(result.outcome.value, save.saved_at_ms)
         else:
             dead_letter_entry(result, sent, {"namespace": namespace, **sent})
     if misconfigured is not None:
@@ -429,7 +435,9 @@ def delete_thread(self: PersistenceTask, *args: Any, **kwargs: Any) -> dict[str,
 
     def write() -> WriteResult:
         msg = parse_delete(args, kwargs, namespace=app.settings.namespace)
-        return app.store.delete_thread(msg.thread_id, version=msg.version)
+        result = app.store.delete_thread(msg.thread_id, version=msg.version)
+        metrics().deleted(result.outcome.value)
+        return result
 
     return self.apply_write(write, args, kwargs)
 
