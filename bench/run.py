@@ -44,6 +44,7 @@ SECTIONS = {
     "P6": "bench.p6_memory",
     "P7": "bench.p7_async",
     "P8": "bench.p8_saver",
+    "P9": "bench.p9_metrics",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 

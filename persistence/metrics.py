@@ -48,6 +48,9 @@ __all__ = [
     "METRICS",
     "MULTIPROC_ENV",
     "Metrics",
+    "NullMetrics",
+    "disable",
+    "enable",
     "metrics",
     "multiprocess_dir",
     "registry",
@@ -173,8 +176,44 @@ class Metrics:
         self._counter(self.store_retries, op).inc()
 
 
+class NullMetrics(Metrics):
+    """Recording turned off: every call does nothing (:func:`disable`)."""
+
+    def saved(self, outcome: str, saved_at_ms: int | None = None, count: int = 1) -> None:
+        return None
+
+    def deleted(self, outcome: str) -> None:
+        return None
+
+    def handed_off(self, mode: str, count: int = 1) -> None:
+        return None
+
+    def store_call(self, op: str, seconds: float) -> None:
+        return None
+
+    def store_retry(self, op: str) -> None:
+        return None
+
+
 _current: Metrics | None = None
+_paused: Metrics | None = None
 _build_lock = threading.Lock()
+
+
+def disable() -> None:
+    """Record nothing in this process from now on (until :func:`enable`)."""
+    global _current, _paused
+    with _build_lock:
+        if not isinstance(_current, NullMetrics):
+            _paused, _current = _current, NullMetrics()
+
+
+def enable() -> None:
+    """Record again, into the same metric objects as before :func:`disable`."""
+    global _current, _paused
+    with _build_lock:
+        if isinstance(_current, NullMetrics):
+            _current, _paused = _paused, None
 
 
 def metrics() -> Metrics:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import redis.exceptions as rex
+from agents_persistence import metrics
 from agents_persistence.errors import StoreUnavailable
 from agents_persistence.metrics import METRICS, registry
 from agents_persistence.retry import RetryPolicy
@@ -184,3 +185,16 @@ def test_multiprocess_mode_sums_every_process_and_keeps_a_dead_ones_counts(
     assert done.returncode == 0, done.stderr
     assert float(done.stdout.strip()) == 31.0
     assert not (tmp_path / "stale.db").exists()
+
+
+def test_disabled_recording_counts_nothing_and_enable_resumes_the_same_metrics() -> None:
+    op = "test-op-disabled"
+    policy = RetryPolicy()
+    metrics.disable()
+    try:
+        assert policy.call(op, lambda: 1) == 1
+        assert sample("agents_persistence_store_seconds_count", op=op) == 0
+    finally:
+        metrics.enable()
+    assert policy.call(op, lambda: 2) == 2
+    assert sample("agents_persistence_store_seconds_count", op=op) == 1
