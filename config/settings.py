@@ -310,6 +310,11 @@ class Settings(BaseSettings):
         description="Workers serve Prometheus metrics on this port (/metrics, every pool "
         "process's counts); unset: no metrics endpoint.",
     )
+    tracing: bool = Field(
+        default=False,
+        description="OpenTelemetry spans (extra [otel]) around hand-offs and worker writes, "
+        "the trace context carried in message headers.",
+    )
     log_format: Literal["text", "json"] = Field(
         default="text",
         description="Workers' log lines: text, or json (one JSON object per line, with the "

@@ -45,6 +45,7 @@ from agents_persistence.errors import HandOffError
 from agents_persistence.metrics import metrics
 from agents_persistence.models import AgentStateSnapshot
 from agents_persistence.redis_store import RedisCheckpointer
+from agents_persistence.tasks import tracing
 from agents_persistence.tasks.client.buffer import BufferedPublisher
 from agents_persistence.tasks.client.durability import DurabilityWait, Receipt
 from agents_persistence.tasks.client.housekeeper import Housekeeper
@@ -200,8 +201,15 @@ class CeleryCheckpointer:
             HandOffError: the broker did not accept it within the publish retry bound
                 (unless ``write_through_on_broker_error``, which writes it synchronously).
         """
-        save = self.store.prepare(thread_id, state, version=version)
-        self.hand_off(save)
+        if tracing.enabled():
+            with tracing.span(
+                "agents_persistence.save_state", thread_id=thread_id, mode=self.mode
+            ):
+                save = self.store.prepare(thread_id, state, version=version)
+                self.hand_off(save)
+        else:
+            save = self.store.prepare(thread_id, state, version=version)
+            self.hand_off(save)
         return HandOff(self, save.thread_id, save.version)
 
     def hand_off(self, save: PreparedSave) -> None:

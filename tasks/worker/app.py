@@ -183,4 +183,8 @@ def create_app(
         from agents_persistence.tasks.worker.logs import install as json_logs
 
         json_logs(app)  # a worker running this app logs one JSON object per line
+    if app.settings.tracing:
+        from agents_persistence.tasks.tracing import instrument
+
+        instrument()  # spans, and trace context in message headers (extra [otel])
     return app

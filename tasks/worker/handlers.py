@@ -58,6 +58,7 @@ from agents_persistence.tasks.protocol.names import (
     SAVE_BATCH_TASK,
     SAVE_TASK,
 )
+from agents_persistence.tasks.tracing import span
 from agents_persistence.tasks.worker.dead_letters import DeadLetters, make_entry
 from agents_persistence.tasks.worker.metrics import dead_lettered
 from billiard.einfo import ExceptionWithTraceback  # type: ignore[attr-defined]
@@ -365,7 +366,8 @@ def save_state(self: PersistenceTask, *args: Any, **kwargs: Any) -> dict[str, An
 
     def write() -> WriteResult:
         save = parse_save(args, kwargs, namespace=app.settings.namespace, codec=app.store.codec)
-        result = app.store.save_prepared(save)
+        with span("agents_persistence.write", thread_id=save.thread_id, version=save.version):
+            result = app.store.save_prepared(save)
         metrics().saved(result.outcome.value, save.saved_at_ms)
         return result
 
@@ -405,7 +407,8 @@ def save_states(self: PersistenceTask, *args: Any, **kwargs: Any) -> dict[str, A
         except InvalidInput as exc:
             dead_letter_entry(exc, entry, entry_kwargs(namespace, entry))
     try:
-        results = app.store.save_many([save for _, save in valid])
+        with span("agents_persistence.write", snapshots=len(valid)):
+            results = app.store.save_many([save for _, save in valid])
     except (StoreUnavailable, SoftTimeLimitExceeded) as exc:
         # Retry only the valid entries and the held ones: the other bad ones are already
         # dead-lettered (left to guarded, the soft time limit would retry the whole
