@@ -5,6 +5,17 @@ Celery's own consumer logs and acknowledges a message whose content type is not 
 gone. This one first records it in the dead-letter list (raw body included, base64, capped)
 so nothing handed off disappears without a trace. It never executes such a message.
 
+A message is acknowledged (or rejected) only once its dead letter is stored. While the list
+cannot be written (the store unreachable after the core's retries, or its key of another
+Redis type: ``WRONGTYPE``), the message is held unacknowledged, outside the prefetch window,
+for a backoff (``task_backoff``, capped at a quarter of the visibility timeout); then a copy
+(same body bytes, headers, properties, content type and encoding) is published to the tail
+of its queue and, once the broker holds it, the original is acknowledged. Good messages keep
+flowing meanwhile, and a queue of nothing but such messages does not spin: the worker tries
+the list again only once its backoff since the last failure has passed. Should the copy
+fail, the original goes back to the queue (``requeue=True``). The failure is logged at most
+once a minute per process (CRITICAL, naming the key and the fix, for a key of another type).
+
 Before Celery sees a task message, :func:`~agents_persistence.tasks.worker.message_checks.
 envelope_problem` checks every field Celery reads in this process and the time headers;
 a refused message is dead-lettered. Should Celery's strategy raise anyway, the message is
@@ -21,11 +32,17 @@ refuses (the layer never compresses a message).
 from __future__ import annotations
 
 import base64
+import itertools
 import logging
+import time
 from typing import TYPE_CHECKING, Any, cast
+
+from agents_persistence.backoff import Backoff
+from agents_persistence.errors import StoreMisconfigured
 
 from agents_persistence.tasks.protocol.names import CLEANUP_TASK
 from agents_persistence.tasks.worker.dead_letters import make_entry
+from agents_persistence.tasks.worker.handlers import LogThrottle, report_misconfigured
 from agents_persistence.tasks.worker.message_checks import MessageLimits, envelope_problem
 from celery.worker.consumer import Consumer
 from kombu import compression
@@ -41,6 +58,19 @@ logger = logging.getLogger(__name__)
 _MAX_BODY = 16 * 1024
 #: Clock skew allowed between a producer and the worker, on top of the eta bound.
 _ETA_SLACK_SECONDS = 5.0
+#: Messages held (waiting to be re-published) beyond the prefetch window at most; any more
+#: take the window's own slots, so a queue of nothing else is not all pulled into memory.
+_MAX_HELD_BEYOND_PREFETCH = 100
+#: Properties a held message's copy keeps, with the types brokers accept (the transport's
+#: own, ``delivery_tag``, ``delivery_info`` and ``body_encoding``, are set anew; so is
+#: ``user_id``, which RabbitMQ checks against the publishing connection's user).
+_COPIED_PROPERTIES: dict[str, type | tuple[type, ...]] = {
+    "correlation_id": str, "reply_to": str, "message_id": str, "type": str, "app_id": str,
+    "timestamp": (int, float),
+}  # fmt: skip
+#: Seconds between two reports that the dead-letter list is unreachable, per process.
+_UNAVAILABLE_LOG_PERIOD = 60.0
+_unavailable_reports = LogThrottle(_UNAVAILABLE_LOG_PERIOD)
 
 
 class CompressedBodyRefused(ValueError):
@@ -60,11 +90,18 @@ def refuse_decompression() -> None:
 
 
 class DeadLetterConsumer(Consumer):
-    """Celery's consumer, with undecodable, unknown and invalid messages dead-lettered."""
+    """Celery's consumer, with undecodable, unknown and invalid messages dead-lettered.
+
+    Each ``on_*`` handler and the envelope check dead-letter first; only then does Celery's
+    own handler acknowledge or reject the message. If the dead letter cannot be written the
+    message is held instead (see :meth:`_hold`) and Celery's handler is not called.
+    """
 
     app: PersistenceApp
     if TYPE_CHECKING:
         connection_errors: tuple[type[BaseException], ...]
+        qos: Any  # Celery's Tasks bootstep sets both (None until it starts)
+        task_consumer: Any
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         refuse_decompression()
@@ -77,6 +114,18 @@ class DeadLetterConsumer(Consumer):
         self.message_limits = MessageLimits(
             max_eta_seconds=horizon + _ETA_SLACK_SECONDS, never_expire=frozenset({CLEANUP_TASK})
         )
+        # A held message stays unacknowledged: well within the visibility timeout, or the
+        # Redis broker would deliver it again beside its copy.
+        self.hold_backoff = Backoff(
+            cap=min(
+                settings.task_retry_backoff_max_seconds,
+                settings.effective_visibility_timeout / 4,
+            )
+        )
+        self._push_failures = 0
+        self._pushes_paused_until = 0.0
+        self._held: dict[int, tuple[Any, Any, bool, Any]] = {}
+        self._held_ids = itertools.count()
 
     def connect(self) -> Any:
         """Celery's broker connection, with the transport's ``on_unparsable`` hook set."""
@@ -119,13 +168,16 @@ class DeadLetterConsumer(Consumer):
                         self._record(message, problem, "BadMessage")
                         return None
             error = "Expired" if problem.startswith("expired") else "BadMessage"
-            self._record(message, f"invalid task message: {problem}", error)
-            message.reject_log_error(logger, self.connection_errors)
+            if self._record(message, f"invalid task message: {problem}", error):
+                message.reject_log_error(logger, self.connection_errors)
             return None
 
         return on_task_received
 
-    def _record(self, message: Any, reason: str, error: str) -> None:
+    def _entry(self, message: Any, reason: str, error: str) -> dict[str, Any]:
+        """The dead-letter entry of ``message`` (its reason alone if the message's fields
+        cannot even be read)."""
+        namespace = self.app.settings.namespace
         try:
             raw = message.body
             body = raw if isinstance(raw, bytes) else str(raw)[:_MAX_BODY].encode()
@@ -134,10 +186,10 @@ class DeadLetterConsumer(Consumer):
                 for k, v in (message.headers or {}).items()
                 if k in ("task", "id") and isinstance(v, (str, int))
             }
-            entry = make_entry(
+            return make_entry(
                 reason,
                 error,
-                namespace=self.app.settings.namespace,
+                namespace=namespace,
                 task=headers.get("task"),
                 task_id=headers.get("id"),
                 content_type=str(message.content_type)[:200],
@@ -145,22 +197,165 @@ class DeadLetterConsumer(Consumer):
                 body_base64=base64.b64encode(body[:_MAX_BODY]).decode(),
                 body_truncated=len(body) > _MAX_BODY,
             )
-            self.app.dead_letters.push(entry)
         except Exception:
-            logger.exception("could not dead-letter an undecodable message")
+            logger.exception("could not read an undecodable message; dead-lettering its reason")
+            return make_entry(reason, error, namespace=namespace)
+
+    def _record(self, message: Any, reason: str, error: str) -> bool:
+        """Dead-letter ``message``: True once the entry is stored, and the caller then
+        acknowledges or rejects the message.
+
+        False if the list cannot be written now (or failed less than a backoff ago): the
+        message is held (:meth:`_hold`) and the caller must leave it alone.
+        """
+        now = time.monotonic()
+        if now < self._pushes_paused_until:
+            self._hold(message, self._pushes_paused_until - now)
+            return False
+        entry = self._entry(message, reason, error)
+        try:
+            self.app.dead_letters.push(entry)
+        except Exception as exc:
+            delay = self.hold_backoff.delay(self._push_failures)
+            self._push_failures += 1
+            self._pushes_paused_until = time.monotonic() + delay
+            self._report_push_failure(exc)
+            self._hold(message, delay)
+            return False
+        self._push_failures = 0
+        self._pushes_paused_until = 0.0
+        return True
+
+    def _report_push_failure(self, exc: Exception) -> None:
+        if isinstance(exc, StoreMisconfigured):
+            report_misconfigured(exc, self.hold_backoff.cap)
+            return
+        held = _unavailable_reports.due("dead-letter list")
+        if held is None:
+            return
+        logger.error(
+            "dead-letter list unavailable (%s: %s): messages to dead-letter are held and "
+            "re-published to their queue every %.0f s at most until it can be written; %d "
+            "more held in this process since the last report",
+            type(exc).__name__, exc, self.hold_backoff.cap, held,
+        )  # fmt: skip
+
+    def _hold(self, message: Any, delay: float) -> None:
+        """Keep ``message`` unacknowledged for ``delay`` seconds, then re-publish it
+        (:meth:`_release`), on the consumer's timer: the event loop never sleeps.
+
+        The prefetch window is widened by one while it waits (as Celery does for a task
+        with an eta), up to :data:`_MAX_HELD_BEYOND_PREFETCH` held messages, so good
+        messages keep arriving meanwhile.
+        """
+        qos = self.qos
+        widened = qos is not None and len(self._held) < _MAX_HELD_BEYOND_PREFETCH
+        if widened:
+            qos.increment_eventually()
+        key = next(self._held_ids)
+        if self.timer is None:  # no timer (not a worker's consumer): at once
+            self._held[key] = (message, qos, widened, None)
+            self._release(key)
+            return
+        entry = self.timer.call_after(delay, self.call_soon, (self._release, key))
+        self._held[key] = (message, qos, widened, entry)
+
+    def _release(self, key: int) -> None:
+        """Publish a copy of a held message to the tail of its queue, then acknowledge the
+        original; if the copy fails, give the original back (``requeue=True``)."""
+        held = self._held.pop(key, None)
+        if held is None:  # the connection was closed meanwhile: the broker gives it back
+            return
+        message, qos, widened, _ = held
+        if widened and qos is self.qos:
+            qos.decrement_eventually()
+        try:
+            self._republish(message)
+        except Exception as exc:
+            if message.acknowledged:
+                logger.error("could not re-publish a message Celery had acknowledged (%s: "
+                             "%s); it is lost", type(exc).__name__, exc)  # fmt: skip
+                return
+            logger.warning("could not re-publish a message to dead-letter (%s: %s); it goes "
+                           "back to the queue", type(exc).__name__, exc)  # fmt: skip
+            message.reject_log_error(logger, self.connection_errors, requeue=True)
+            return
+        if not message.acknowledged:
+            message.ack_log_error(logger, self.connection_errors)
+
+    def _home(self, delivery_info: Any) -> tuple[str, str]:
+        """The exchange and routing key that reach ``message``'s queue, and it alone: the
+        default exchange and the queue's name when it is one this consumer reads; the
+        message's own otherwise."""
+        info = delivery_info if isinstance(delivery_info, dict) else {}
+        exchange, routing_key = info.get("exchange") or "", info.get("routing_key") or ""
+        queues = list(getattr(self.task_consumer, "queues", None) or ())
+        for queue in queues:
+            if routing_key == queue.name or (
+                routing_key == queue.routing_key and exchange == queue.exchange.name
+            ):
+                return "", str(queue.name)
+        if len(queues) == 1:
+            return "", str(queues[0].name)
+        return str(exchange), str(routing_key)
+
+    def _republish(self, message: Any) -> None:
+        """Publish a copy of ``message`` (same body bytes, headers, properties, content
+        type and encoding) to the tail of its queue; returns once the broker holds it."""
+        properties = message.properties if isinstance(message.properties, dict) else {}
+        copied = {
+            name: value
+            for name, kind in _COPIED_PROPERTIES.items()
+            if isinstance(value := properties.get(name), kind) and not isinstance(value, bool)
+        }
+        priority = properties.get("priority")
+        if not (isinstance(priority, int) and 0 <= priority <= 255):
+            priority = 0
+        mode = properties.get("delivery_mode")
+        expiration = properties.get("expiration")  # milliseconds, as a string
+        if isinstance(expiration, str) and expiration.isdigit():
+            copied["expiration"] = int(expiration) / 1000  # kombu takes seconds
+        exchange, routing_key = self._home(message.delivery_info)
+        body = message.body
+        with self.app.producer_or_acquire() as producer:
+            producer.publish(
+                body if isinstance(body, bytes) else str(body).encode(),
+                exchange=exchange,
+                routing_key=routing_key,
+                headers=dict(message.headers or {}),
+                content_type=message.content_type or "application/data",
+                content_encoding=message.content_encoding or "binary",
+                priority=priority,
+                delivery_mode=mode if mode in (1, 2) else 2,
+                retry=False,
+                timeout=self.app.settings.publish_timeout_seconds,
+                **copied,
+            )
+
+    def on_close(self) -> None:
+        """Celery's cleanup of a closed connection; held messages are forgotten too (they
+        were never acknowledged: the broker delivers them again)."""
+        held, self._held = self._held, {}
+        for _, _, _, entry in held.values():
+            if entry is not None and self.timer is not None:
+                try:
+                    self.timer.cancel(entry)
+                except Exception:  # one that cannot be cancelled finds nothing to release
+                    logger.debug("could not cancel a held message's timer", exc_info=True)
+        super().on_close()
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
-        self._record(message, f"message could not be decoded: {exc}", type(exc).__name__)
-        super().on_decode_error(message, exc)
+        if self._record(message, f"message could not be decoded: {exc}", type(exc).__name__):
+            super().on_decode_error(message, exc)
 
     def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
-        self._record(message, f"unknown task: {exc}", type(exc).__name__)
-        super().on_unknown_task(body, message, exc)
+        if self._record(message, f"unknown task: {exc}", type(exc).__name__):
+            super().on_unknown_task(body, message, exc)
 
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
-        self._record(message, f"invalid task message: {exc}", type(exc).__name__)
-        super().on_invalid_task(body, message, exc)
+        if self._record(message, f"invalid task message: {exc}", type(exc).__name__):
+            super().on_invalid_task(body, message, exc)
 
     def on_unknown_message(self, body: Any, message: Any) -> None:
-        self._record(message, "message is not a task message", "UnknownMessage")
-        super().on_unknown_message(body, message)
+        if self._record(message, "message is not a task message", "UnknownMessage"):
+            super().on_unknown_message(body, message)
