@@ -39,7 +39,6 @@ from typing import TYPE_CHECKING, Any, cast
 
 from agents_persistence.backoff import Backoff
 from agents_persistence.errors import StoreMisconfigured
-
 from agents_persistence.tasks.protocol.names import CLEANUP_TASK
 from agents_persistence.tasks.worker.dead_letters import make_entry
 from agents_persistence.tasks.worker.handlers import LogThrottle, report_misconfigured
