@@ -2,7 +2,7 @@
 
 - Hand-off (P1's durable and buffered ``save_state``, 4 KB, a new thread each): recording on
   (the hand-off counter) against off (:func:`agents_persistence.metrics.disable`),
-  interleaved call by call in rounds.
+  paired call by call (on-off, then off-on, ...).
 - Drain (P2's: one worker ``-c 2``, buffered batches of ≤100, 4 KB): on is
   ``AGENTS_PERSISTENCE_METRICS_PORT`` set (multiprocess files, the endpoint, and a scrape
   every second, each reading Redis and the broker for its gauges); off is
@@ -15,8 +15,8 @@ from __future__ import annotations
 import itertools
 import os
 import threading
+import time
 import urllib.request
-from collections.abc import Callable
 
 import redis
 from agents_persistence import AgentStateSnapshot, RedisCheckpointer, metrics
@@ -24,7 +24,7 @@ from agents_persistence.config.settings import Settings
 from agents_persistence.tasks import CeleryCheckpointer, create_app
 from agents_persistence.tasks.devtools.binaries import free_port
 
-from bench.common import Context, Section, fmt_us, interleaved, snapshot
+from bench.common import Context, Section, Stats, fmt_us, snapshot
 from bench.p2_throughput import Run, _check, _env, _measure, _settled, _wait
 from bench.servers import private_redis, worker
 
@@ -49,37 +49,38 @@ def _handoff(ctx: Context, sec: Section) -> None:
     state = snapshot(_SIZE)
     ids = itertools.count()
 
-    def variant(client_: CeleryCheckpointer, on: bool) -> Callable[[], object]:
-        def call() -> object:
-            if on:
-                metrics.enable()
-            else:
-                metrics.disable()
-            return client_.save_state(f"h{next(ids)}", state)
-
-        return call
+    def paired(client_: CeleryCheckpointer, n: int) -> dict[bool, Stats]:
+        """Each iteration times one save with recording on and one with it off, in
+        alternating order (on-off, off-on, ...), so load and queue growth fall on both."""
+        samples: dict[bool, list[int]] = {True: [], False: []}
+        perf = time.perf_counter_ns
+        for i in range(n):
+            for on in (True, False) if i % 2 == 0 else (False, True):
+                if on:
+                    metrics.enable()
+                else:
+                    metrics.disable()
+                t0 = perf()
+                client_.save_state(f"h{next(ids)}", state)
+                samples[on].append(perf() - t0)
+            if i % 500 == 499:
+                drain()
+                ctx.advance(1000)
+        return {on: Stats.of(got) for on, got in samples.items()}
 
     def drain() -> None:
         publisher.flush(120)
         client.delete(settings.queue)
 
-    n = ctx.scale(1000, 4000)
+    n = ctx.scale(2000, 8000)
     ctx.start("P9 hand-off", 4 * n)
+    stats: dict[str, dict[bool, Stats]] = {}
     try:
-        stats = interleaved(
-            {
-                "durable on": variant(durable, True),
-                "durable off": variant(durable, False),
-                "buffered on": variant(buffered, True),
-                "buffered off": variant(buffered, False),
-            },
-            n,
-            rounds=10,
-            after_round=dict.fromkeys(
-                ("durable on", "durable off", "buffered on", "buffered off"), drain
-            ),
-            tick=ctx.advance,
-        )
+        for mode, checkpointer in (("durable", durable), ("buffered", buffered)):
+            for _ in range(20):  # warm-up
+                checkpointer.save_state(f"h{next(ids)}", state)
+            stats[mode] = paired(checkpointer, n)
+            drain()
     finally:
         metrics.enable()
         buffered.close(60)
@@ -89,7 +90,7 @@ def _handoff(ctx: Context, sec: Section) -> None:
         store.drop_namespace()
         store.close()
     for mode in ("durable", "buffered"):
-        on, off = stats[f"{mode} on"], stats[f"{mode} off"]
+        on, off = stats[mode][True], stats[mode][False]
         sec.add(**{
             "measure": f"P1 hand-off p50, {mode}, 4 KB", "metrics on": fmt_us(on.p50_us),
             "metrics off": fmt_us(off.p50_us), "on / off": f"{on.p50_us / off.p50_us:.3f}",
@@ -189,8 +190,8 @@ def run(ctx: Context) -> Section:
         f"{best_on.rate / best_off.rate:.3f}",
     )
     sec.notes.append(
-        f"Hand-off: {ctx.scale(1000, 4000):,} saves per variant in 10 interleaved rounds "
-        "(recording switched per call). Drain: best of "
+        f"Hand-off: {ctx.scale(2000, 8000):,} pairs of saves per mode, one with recording on "
+        "and one off in alternating order. Drain: best of "
         f"{rounds} alternating rounds of {n:,} snapshots each; on = METRICS_PORT set "
         "(multiprocess mode, the endpoint, scraped every second); off = recording disabled. "
         "Every hand-off checked in the store."

@@ -419,12 +419,14 @@ def save_states(self: PersistenceTask, *args: Any, **kwargs: Any) -> dict[str, A
         }
         self.retry_or_dead_letter(exc, (), retry_kwargs)
         return {"outcome": "dead_lettered"}
+    stored: list[tuple[str, int]] = []
     for (sent, save), result in zip(valid, results, strict=True):
         if isinstance(result, WriteResult):
             counts[result.outcome.value] += 1
-            metrics().saved(result.outcome.value, save.saved_at_ms)
+            stored.append((result.outcome.value, save.saved_at_ms))
         else:
             dead_letter_entry(result, sent, {"namespace": namespace, **sent})
+    metrics().saved_batch(stored)
     if misconfigured is not None:
         logger.info("batch %s: %s; %d entries held", self.request.id, counts, len(held))
         self.hold(misconfigured, (), {"namespace": namespace, "entries": held})

@@ -8,13 +8,14 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 import redis.exceptions as rex
 from agents_persistence import metrics
 from agents_persistence.errors import StoreUnavailable
-from agents_persistence.metrics import METRICS, registry
+from agents_persistence.metrics import METRICS, Metrics, registry
 from agents_persistence.retry import RetryPolicy
 from agents_persistence.tasks.client.checkpointer import CeleryCheckpointer
 from agents_persistence.tasks.protocol.names import SAVE_BATCH_TASK, SAVE_TASK
@@ -198,3 +199,33 @@ def test_disabled_recording_counts_nothing_and_enable_resumes_the_same_metrics()
         metrics.enable()
     assert policy.call(op, lambda: 2) == 2
     assert sample("agents_persistence_store_seconds_count", op=op) == 1
+
+
+def test_a_batch_records_what_one_save_at_a_time_records() -> None:
+    now_ms = int(time.time() * 1000)
+    stored = [
+        ("written", now_ms - 7),
+        ("written", now_ms - 40),
+        ("duplicate", now_ms - 2_000),
+        ("stale", now_ms - 100_000),
+        ("written", now_ms - 40),
+        ("written", now_ms + 5_000),  # a clock ahead: counted as 0 s
+    ]
+    one, batch = Metrics(), Metrics()
+    for outcome, at in stored:
+        one.saved(outcome, at)
+    batch.saved_batch(stored)
+
+    def samples(m: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in m.registry.collect()
+            for s in family.samples
+            if s.name.startswith(("agents_persistence_saves_total", "agents_persistence_handoff"))
+            and not s.name.endswith(("_sum", "_created"))
+        }
+
+    assert samples(batch) == samples(one)
+    total = "agents_persistence_handoff_to_durable_seconds_sum"
+    expected = one.registry.get_sample_value(total)
+    assert batch.registry.get_sample_value(total) == pytest.approx(expected, abs=0.5)
