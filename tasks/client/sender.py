@@ -103,7 +103,7 @@ class TaskSender:
                 producer,
                 name,
                 message._replace(body=body),
-                queue=self._queue,
+                queue=self._queue if held is None else self._bound_queue(producer),
                 retry=True,
                 retry_policy=self.retry_policy,
                 timeout=self.timeout,
@@ -124,6 +124,7 @@ class TaskSender:
             yield
         finally:
             del self._held.stack, self._held.producer
+            self._held.queue = None
             stack.close()
 
     def _held_producer(self) -> Any:
@@ -134,6 +135,15 @@ class TaskSender:
         if self._held.producer is None:
             self._held.producer = stack.enter_context(self.app.producer_or_acquire())
         return self._held.producer
+
+    def _bound_queue(self, producer: Any) -> Any:
+        """The queue bound to ``producer``'s channel, bound once per channel: kombu's
+        declare would otherwise copy the queue and its exchange to bind them, every send."""
+        queue = getattr(self._held, "queue", None)
+        channel = producer.channel
+        if queue is None or queue.channel is not channel:
+            queue = self._held.queue = self._queue.bind(channel)
+        return queue
 
     @contextmanager
     def _giving_back_on_error(self, held: Any) -> Iterator[None]:

@@ -53,14 +53,26 @@ def _publish(
     with mock.patch.object(kombu.Producer, "publish", spy):
         if send == "lean":
             sender.send(SAVE_TASK, kwargs, kwargsrepr)
+        elif send == "held":  # twice: the second send reuses the producer and bound queue
+            with sender.holding_producer():
+                sender.send(SAVE_TASK, {"first": True}, kwargsrepr)
+                _take_one(app)
+                sender.send(SAVE_TASK, kwargs, kwargsrepr)
+            events[:] = events[1:]
         else:
             sender._send_task(SAVE_TASK, kwargs, kwargsrepr)
+    message = _take_one(app)
+    return _normalised(message), [_normalised_event(e) for e in events]
+
+
+def _take_one(app: PersistenceApp) -> Any:
+    """The one message in the queue (taken)."""
     with app.connection_for_write() as conn:
         channel: Any = conn.default_channel
         message = channel.basic_get(app.settings.queue, no_ack=True)
         assert message is not None, "nothing was published"
         assert channel.basic_get(app.settings.queue, no_ack=True) is None
-    return _normalised(message), [_normalised_event(e) for e in events]
+    return message
 
 
 def _normalised(message: Any) -> Captured:
@@ -118,9 +130,10 @@ def test_the_lean_path_publishes_what_send_task_publishes(
 ) -> None:
     kwargsrepr = f"{{'namespace': 'ns', ...}} ({len(str(kwargs))} chars)"
     reference, reference_events = _publish(app, "send_task", kwargs, kwargsrepr)
-    lean, lean_events = _publish(app, "lean", kwargs, kwargsrepr)
-    assert lean == reference
-    assert lean_events == reference_events
+    for send in ("lean", "held"):
+        lean, lean_events = _publish(app, send, kwargs, kwargsrepr)
+        assert lean == reference, send
+        assert lean_events == reference_events, send
     assert lean["body"] == [[], kwargs, {"callbacks": None, "errbacks": None, "chain": None,
                                          "chord": None}]  # fmt: skip
 
@@ -173,13 +186,19 @@ def _queued(app: PersistenceApp) -> list[Any]:
 def test_a_thread_holding_a_producer_takes_one_from_the_pool_once(app: PersistenceApp) -> None:
     sender = TaskSender(app, app.settings.queue, {"max_retries": 0}, timeout=3.0)
     pool = app.producer_pool
-    with mock.patch.object(
-        type(pool), "acquire", autospec=True, side_effect=type(pool).acquire
-    ) as acquire:
+    with (
+        mock.patch.object(
+            type(pool), "acquire", autospec=True, side_effect=type(pool).acquire
+        ) as acquire,
+        mock.patch.object(
+            kombu.Queue, "bind", autospec=True, side_effect=kombu.Queue.bind
+        ) as bind,
+    ):
         with sender.holding_producer():
             for i in range(3):
                 sender.send(SAVE_TASK, {"i": i}, "{...}")
             assert acquire.call_count == 1
+            assert bind.call_count == 1  # the queue bound to its channel once, not per send
         sender.send(SAVE_TASK, {"i": 3}, "{...}")  # not holding: one per send again
         assert acquire.call_count == 2
     assert _queued(app) == [{"i": i} for i in range(4)]
