@@ -16,6 +16,11 @@ p99, max). Variants:
   agents that only wake on schedule, and agents that only encode their snapshot
   (``prepare``: validation and JSON, part of every hand-off) — what the hand-off's buffer
   and publisher thread add is the difference.
+- ``paced at 1,000/s, linger 20 ms``: the top paced rate with a longer batch linger
+  (``batch_linger_seconds``, default 5 ms): fewer, larger messages.
+
+Buffered rows also show the batch messages the publisher sent and its thread's CPU time per
+message (``pthread_getcpuclockid``): the time it holds the GIL the loop needs.
 
 Throughput counts saves the broker accepted (buffered: through ``publish_buffered``). No
 worker runs: messages pile up in the queue, which is emptied after every variant. The
@@ -47,6 +52,8 @@ __all__ = ["run"]
 AGENTS = 1000
 THREADS = 32
 TICK = 0.001
+LONG_LINGER = 0.02  # the paced variant again with this batch linger (default 5 ms)
+PUBLISHER_THREAD = "agents-persistence-publisher"
 Mode = Literal["durable", "buffered"]
 Step = Literal["hand off", "encode", "wake"]
 STEPS: tuple[Step, ...] = ("wake", "encode", "hand off")
@@ -59,12 +66,16 @@ class Outcome:
     saves: int
     seconds: float
     lags: list[float]
+    messages: int = 0  # batch messages the buffered publisher sent
+    publisher_cpu: float = 0.0  # seconds of CPU its thread used
 
     def add(self, other: Outcome) -> None:
         """Pool ``other`` (another round of the same variant) into this one."""
         self.saves += other.saves
         self.seconds += other.seconds
         self.lags.extend(other.lags)
+        self.messages += other.messages
+        self.publisher_cpu += other.publisher_cpu
 
 
 def _lag_row(name: str, agents: int, out: Outcome) -> dict[str, object]:
@@ -79,6 +90,10 @@ def _lag_row(name: str, agents: int, out: Outcome) -> dict[str, object]:
         "lag p50": fmt_us(p50 * 1e6),
         "lag p99": fmt_us(p99 * 1e6),
         "lag max": fmt_us(top * 1e6),
+        "messages": f"{out.messages:,}" if out.messages else "",
+        "publisher CPU/msg": fmt_us(out.publisher_cpu / out.messages * 1e6)
+        if out.messages
+        else "",
         "_p99_ms": p99 * 1000,
     }
 
@@ -115,21 +130,40 @@ class Rig:
     app: PersistenceApp
     state: AgentStateSnapshot
 
-    def client(self, mode: Mode) -> CeleryCheckpointer:
-        """A blocking hand-off client in ``mode``."""
-        return CeleryCheckpointer(self.store, self.app, settings=self.settings, mode=mode)
+    def client(self, mode: Mode, linger: float | None = None) -> CeleryCheckpointer:
+        """A blocking hand-off client in ``mode`` (``linger``: its batch linger, if not the
+        default)."""
+        settings = self.settings
+        if linger is not None:
+            settings = settings.model_copy(update={"batch_linger_seconds": linger})
+        return CeleryCheckpointer(self.store, self.app, settings=settings, mode=mode)
+
+
+def _publisher_cpu() -> float:
+    """CPU seconds the buffered publisher's thread has used (0 if it is not running)."""
+    for thread in threading.enumerate():
+        if thread.name == PUBLISHER_THREAD and thread.ident is not None:
+            return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+    return 0.0
 
 
 def _async_variant(
-    rig: Rig, mode: Mode, per_agent: int, rate: float | None, step: Step = "hand off"
+    rig: Rig,
+    mode: Mode,
+    per_agent: int,
+    rate: float | None,
+    step: Step = "hand off",
+    *,
+    linger: float | None = None,
 ) -> Outcome:
     """``AGENTS`` coroutines, ``per_agent`` saves each; ``rate``: saves/s offered by all
     together (None: flat out). ``step``: what an agent does when its turn comes — hand off,
-    only encode the snapshot (``prepare``), or nothing (the controls)."""
+    only encode the snapshot (``prepare``), or nothing (the controls). ``linger``: the
+    buffered publisher's, if not the default."""
     settings, state = rig.settings, rig.state
 
     async def main() -> Outcome:
-        handoff = rig.client(mode)
+        handoff = rig.client(mode, linger)
         async with (
             AsyncRedisCheckpointer.from_settings(settings) as astore,
             AsyncCeleryCheckpointer(handoff, astore, publish_threads=THREADS) as client,
@@ -147,12 +181,19 @@ def _async_variant(
                     elif step == "encode":
                         rig.store.prepare(f"{mode}-{i}", state, version=v)
 
+            cpu = 0.0
+
             async def work() -> int:
+                nonlocal cpu
                 await asyncio.gather(*(agent(i) for i in range(AGENTS)))
                 await asyncio.to_thread(handoff.publish_buffered, 300)
+                cpu = _publisher_cpu()  # before aclose ends the thread
                 return AGENTS * per_agent
 
-            return await _ticking(work)
+            out = await _ticking(work)
+            if mode == "buffered" and step == "hand off":
+                out.messages, out.publisher_cpu = handoff.published_messages, cpu
+            return out
 
     return asyncio.run(main())
 
@@ -195,8 +236,11 @@ def run(ctx: Context) -> Section:
     sec = Section(
         "P7",
         f"Async hand-off: event-loop lag while {AGENTS:,} agents hand off 4 KB snapshots",
-        ["variant", "agents", "saves", "saves/s", "lag p50", "lag p99", "lag max"],
-    )
+        [
+            "variant", "agents", "saves", "saves/s", "lag p50", "lag p99", "lag max",
+            "messages", "publisher CPU/msg",
+        ],
+    )  # fmt: skip
     ns = f"bench-p7-{os.getpid()}"
     settings = Settings(
         redis_url=ctx.redis_url, namespace=ns, queue=f"{ns}-q", buffer_max_snapshots=100_000
@@ -209,7 +253,7 @@ def run(ctx: Context) -> Section:
     rounds = ctx.scale(3, 5)
     rates = (200, 1_000)  # every agent saving every 5 s / every 1 s
     load_before = os.getloadavg()[0]
-    ctx.start("P7", rounds * (1 + 3 * len(rates)) + 4)
+    ctx.start("P7", rounds * (2 + 3 * len(rates)) + 4)
 
     def measured(name: str, agents: int, out: Outcome) -> dict[str, object]:
         row = _lag_row(name, agents, out)
@@ -225,9 +269,13 @@ def run(ctx: Context) -> Section:
     try:
         # Interleaved rounds: load from elsewhere on the machine falls on every variant alike.
         pooled: dict[tuple[int, Step] | str, Outcome] = {}
+        n_top = max(1, per_agent * rates[-1] // 1600)
         for _ in range(rounds):
             pooled.setdefault("idle", Outcome(0, 0.0, [])).add(
                 once(lambda: asyncio.run(_ticking(_idle)))
+            )
+            pooled.setdefault("long linger", Outcome(0, 0.0, [])).add(
+                once(lambda: _async_variant(rig, "buffered", n_top, rates[-1], linger=LONG_LINGER))
             )
             for rate in rates:
                 n = max(1, per_agent * rate // 1600)  # quick: a 5 s or 3 s run
@@ -247,6 +295,11 @@ def run(ctx: Context) -> Section:
                 }[step]
                 row = measured(name, AGENTS, pooled[rate, step])
             paced.append(row)
+        measured(
+            f"async buffered, paced at {rates[-1]:,}/s, linger {LONG_LINGER * 1000:.0f} ms",
+            AGENTS,
+            pooled["long linger"],
+        )
         for mode in ("buffered", "durable"):
             n = per_agent if mode == "buffered" else max(1, per_agent // 5)
             measured(
@@ -267,6 +320,13 @@ def run(ctx: Context) -> Section:
             "Lag: how late a 1 ms asyncio.sleep returned (threads: time.sleep on a ticker "
             "thread). Flat-out agents never wait on anything but the loop, so every loop "
             "iteration runs all of them: their lag is their CPU, not the hand-off's."
+        )
+        sec.notes.append(
+            "Messages: batch messages the buffered publisher sent; publisher CPU/msg: its "
+            "thread's CPU time over them (the GIL it takes from the loop). The batch linger "
+            f"(default 5 ms) trades messages for delay: the {LONG_LINGER * 1000:.0f} ms row "
+            "is the same paced run with AGENTS_PERSISTENCE_BATCH_LINGER_SECONDS="
+            f"{LONG_LINGER}."
         )
         sec.notes.append(
             f"Async durable publishes on {THREADS} executor threads; sync variants use "
