@@ -184,6 +184,11 @@ def run(ctx: Context) -> Section:
         "on / off": f"{best_on.worker_cpu / max(best_off.worker_cpu, 1e-9):.3f}",
     })  # fmt: skip
     sec.target(
+        "P2 drain: worker CPU per snapshot with metrics ≤ 1.05x without",
+        (best_on.worker_cpu / best_on.count) / max(best_off.worker_cpu / best_off.count, 1e-12),
+        1.05,
+    )
+    sec.target(
         "P2 drain: throughput with metrics ≥ 0.95x without (shown: off / on)",
         best_off.rate / best_on.rate,
         1.0 / 0.95,
@@ -194,6 +199,7 @@ def run(ctx: Context) -> Section:
         "and one off in alternating order. Drain: best of "
         f"{rounds} alternating rounds of {n:,} snapshots each; on = METRICS_PORT set "
         "(multiprocess mode, the endpoint, scraped every second); off = recording disabled. "
-        "Every hand-off checked in the store."
+        "Every hand-off checked in the store. On a shared machine the worker's CPU per "
+        "snapshot is the steadier figure; snapshots/s moves with what else runs."
     )
     return sec
