@@ -14,6 +14,7 @@ import binascii
 import hashlib
 from typing import Any, Final
 
+from agents_persistence.tasks.protocol.compression import MESSAGE_COMPRESSION
 from kombu.utils.json import loads
 
 __all__ = ["EXCERPT_BYTES", "envelope_shape_problem", "parse_entry", "unparsable_record"]
@@ -33,7 +34,9 @@ def envelope_shape_problem(payload: Any) -> str | None:
     The fields are those kombu's virtual ``Message`` and the QoS read while delivering:
     ``properties`` (``delivery_tag``, ``delivery_info`` with ``exchange`` and
     ``routing_key``, ``body_encoding``), ``body``, ``content-type``, ``content-encoding``
-    and ``headers``. A ``compression`` header is refused here, before kombu decompresses.
+    and ``headers``. A ``compression`` header other than the layer's zstd (which kombu
+    inflates only within a bound, :mod:`agents_persistence.tasks.protocol.compression`) is
+    refused here, before kombu decompresses.
     """
     if not isinstance(payload, dict):
         return f"entry is a JSON {type(payload).__name__}, not an object"
@@ -53,8 +56,8 @@ def envelope_shape_problem(payload: Any) -> str | None:
     headers = payload.get("headers")
     if headers is not None and not isinstance(headers, dict):
         return "'headers' is not an object"
-    if headers and "compression" in headers:
-        return "compressed body (the layer never compresses; not decompressed)"
+    if headers and "compression" in headers and headers["compression"] != MESSAGE_COMPRESSION:
+        return "compressed body other than zstd (the layer compresses with zstd only)"
     body = payload.get("body")
     encoding = props.get("body_encoding")
     if body is None or body == "":

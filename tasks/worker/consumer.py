@@ -25,8 +25,9 @@ Queue entries that were not even kombu envelopes are set aside by the Redis tran
 (:mod:`agents_persistence.tasks.broker.redis_transport`), which does not know the
 namespace: this consumer installs the transport's ``on_unparsable`` hook on each broker
 connection it opens, and the hook writes their records as dead letters. Compressed bodies
-are never decompressed: kombu's decompressors are replaced, in the worker, by one that
-refuses (the layer never compresses a message).
+are inflated only by the layer's own zstd decoder, which refuses a frame above its bound
+before allocating (:mod:`agents_persistence.tasks.protocol.compression`); kombu's other
+decompressors are replaced, in the worker, by one that refuses.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ from typing import TYPE_CHECKING, Any, cast
 
 from agents_persistence.backoff import Backoff
 from agents_persistence.errors import StoreMisconfigured
+from agents_persistence.tasks.protocol.compression import (
+    MESSAGE_COMPRESSION,
+    CompressedBodyRefused,
+)
 from agents_persistence.tasks.protocol.names import CLEANUP_TASK
 from agents_persistence.tasks.worker.dead_letters import make_entry
 from agents_persistence.tasks.worker.handlers import LogThrottle, report_misconfigured
@@ -50,7 +55,7 @@ from vine import promise
 if TYPE_CHECKING:
     from agents_persistence.tasks.worker.app import PersistenceApp
 
-__all__ = ["DeadLetterConsumer", "refuse_decompression"]
+__all__ = ["CompressedBodyRefused", "DeadLetterConsumer", "refuse_decompression"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,18 +77,17 @@ _UNAVAILABLE_LOG_PERIOD = 60.0
 _unavailable_reports = LogThrottle(_UNAVAILABLE_LOG_PERIOD)
 
 
-class CompressedBodyRefused(ValueError):
-    """A message body arrived compressed; the layer never compresses, so it is refused."""
-
-
 def _refuse(body: bytes) -> bytes:
     raise CompressedBodyRefused(f"compressed body of {len(body)} bytes refused")
 
 
 def refuse_decompression() -> None:
-    """Make every kombu decompressor refuse instead of inflating (idempotent): a few
-    hundred bytes of zlib can inflate to hundreds of MB before anything can check them."""
+    """Make every kombu decompressor but the layer's bounded zstd one refuse instead of
+    inflating (idempotent): a few hundred bytes of zlib can inflate to hundreds of MB
+    before anything can check them."""
     for content_type in compression.encoders():
+        if content_type == MESSAGE_COMPRESSION:
+            continue
         encoder = cast(Any, compression.get_encoder(content_type))[0]  # (encoder, type)
         compression.register(encoder, _refuse, content_type)
 
@@ -316,12 +320,19 @@ class DeadLetterConsumer(Consumer):
             copied["expiration"] = int(expiration) / 1000  # kombu takes seconds
         exchange, routing_key = self._home(message.delivery_info)
         body = message.body
+        headers = dict(message.headers or {})
+        # kombu inflated a zstd body it could (the header stays): the copy is compressed
+        # again, as sent. A body it could not inflate is copied as it came, header and all.
+        recompress = None
+        if headers.get("compression") == MESSAGE_COMPRESSION and not message.errors:
+            recompress = headers.pop("compression")
         with self.app.producer_or_acquire() as producer:
             producer.publish(
                 body if isinstance(body, bytes) else str(body).encode(),
                 exchange=exchange,
                 routing_key=routing_key,
-                headers=dict(message.headers or {}),
+                headers=headers,
+                compression=recompress,
                 content_type=message.content_type or "application/data",
                 content_encoding=message.content_encoding or "binary",
                 priority=priority,

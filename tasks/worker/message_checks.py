@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from agents_persistence.tasks.protocol.compression import MESSAGE_COMPRESSION
 from kombu.exceptions import ContentDisallowed, DecodeError
 
 __all__ = ["MessageLimits", "envelope_problem"]
@@ -187,8 +188,8 @@ def envelope_problem(
         if isinstance(body, dict) and "task" in body:
             return "task message of protocol 1 (the layer sends protocol 2 only)"
         return None  # not a task message: Celery reports it as unknown
-    if "compression" in headers:
-        return "compressed body (the layer never compresses; not decompressed)"
+    if "compression" in headers and headers["compression"] != MESSAGE_COMPRESSION:
+        return "compressed body other than zstd (the layer compresses with zstd only)"
     problem = _header_type_problem(headers, message.properties, message.delivery_info)
     if problem is None and limits is not None:
         problem = _time_problem(headers, limits, now or datetime.now(UTC))

@@ -18,12 +18,15 @@ from typing import Any
 
 import pytest
 import redis
+import zstandard
 from agents_persistence.tasks import SAVE_TASK
 from agents_persistence.tasks.cli.main import main
 from agents_persistence.tasks.worker.dead_letters import EXCERPT_BYTES, make_entry
 from click.testing import CliRunner
 
+from tests.catalogue.cases import zstd_bomb
 from tests.catalogue.conftest import Served
+from tests.support import sample_state
 from tests.support.celery_worker import settings_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis]
@@ -134,6 +137,44 @@ def test_compressed_body(served: Served) -> None:
     assert "compressed" in entry["reason"], entry
     assert len(json.dumps(entry)) <= EXCERPT_BYTES
     served.still_serving()
+
+
+@pytest.mark.parametrize("states_size", [True, False], ids=["size-stated", "size-unstated"])
+def test_zstd_bomb_body(served: Served, states_size: bool) -> None:
+    """A zstd body of a few KB that inflates to 200 MB (stating that size or none) is not
+    inflated: dead letter with an excerpt of the compressed bytes; the worker keeps its
+    process and keeps serving."""
+    pid = served.worker.pid
+    bomb = zstd_bomb(200 * 1024 * 1024, states_size=states_size)
+    task_id = uuid.uuid4().hex
+    envelope = _envelope(
+        bomb, {"task": SAVE_TASK, "id": task_id, "compression": "application/zstd"}
+    )
+    before = len(served.letters())
+    _raw(served).lpush(served.settings.queue, json.dumps(envelope))
+    (entry,) = served.new_letters_after(before)
+    assert "zstd body" in entry["reason"], entry
+    assert len(json.dumps(entry)) <= EXCERPT_BYTES
+    served.still_serving()
+    assert served.worker.pid == pid
+
+
+def test_zstd_body_of_a_save_is_stored(served: Served) -> None:
+    """A message compressed as the layer's producers compress it is served like a plain one
+    (and a plain one still is: every other test here sends plain bodies)."""
+    task_id = uuid.uuid4().hex
+    message = served.good_message("zstd-msg", version=3)
+    body = json.dumps([[], message, {}]).encode()
+    envelope = _envelope(
+        zstandard.ZstdCompressor(level=1).compress(body),
+        {"task": SAVE_TASK, "id": task_id, "compression": "application/zstd"},
+    )
+    _raw(served).lpush(served.settings.queue, json.dumps(envelope))
+    deadline = time.monotonic() + 20
+    while served.store.stored_versions(["zstd-msg"]).get("zstd-msg") != 3:
+        assert time.monotonic() < deadline, "the compressed save was not stored"
+        time.sleep(0.05)
+    assert served.store.load_state("zstd-msg") == sample_state("zstd-msg")
 
 
 @pytest.mark.parametrize(

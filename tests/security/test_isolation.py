@@ -15,6 +15,7 @@ from collections.abc import Callable
 import fakeredis
 import pytest
 import redis
+import zstandard
 from agents_persistence import InvalidThreadId, RedisCheckpointer
 from agents_persistence.config import Settings
 from agents_persistence.keys import Keys
@@ -135,7 +136,8 @@ def test_producer_publishes_json_only(
     redis_server_factory: Callable[..., RedisServer], mode: str
 ) -> None:
     """Every message a CeleryCheckpointer puts on the broker is application/json, and its
-    body is plain JSON (no pickle, no other serializer), in both hand-off modes."""
+    body is plain JSON (no pickle, no other serializer; zstd-compressed, stating its size),
+    in both hand-off modes."""
     server = redis_server_factory()
     settings = Settings(_env_file=None, redis_url=server.url, namespace="ns", queue="q-json")
     store = RedisCheckpointer.from_settings(settings)
@@ -150,7 +152,9 @@ def test_producer_publishes_json_only(
         assert message["content-type"] == "application/json"
         encoded = message["properties"].get("body_encoding") == "base64"
         body = base64.b64decode(message["body"]) if encoded else message["body"].encode()
-        args, kwargs, embed = json.loads(body)
+        assert message["headers"]["compression"] == "application/zstd"
+        assert zstandard.frame_content_size(body) > 0
+        args, kwargs, embed = json.loads(zstandard.ZstdDecompressor().decompress(body))
         assert args == []
         assert set(kwargs) == {"namespace", "thread_id", "version", "state", "saved_at_ms"} or (
             set(kwargs) == {"namespace", "entries"}

@@ -249,6 +249,6 @@ def test_settings_choose_the_compression() -> None:
 
     body = Codec().dump_json(sample_state(size=40_000))
     for name, kind in (("zlib", b"z"), ("zstd", b"s")):
-        codec = Settings(_env_file=None, compression=name).build_codec()  # type: ignore[arg-type]
+        codec = Settings(_env_file=None, compression=name).build_codec()
         assert codec.pack(body, 1, 0)[3:4] == kind
     assert Settings(_env_file=None).build_codec().compression == "zstd"
