@@ -124,8 +124,13 @@ def _redis_cpu(client: redis.Redis) -> float:
 def _ours(
     ctx: Context, url: str, state: AgentStateSnapshot, n: int, tag: str, *, variant: str
 ) -> tuple[Run, Run]:
-    pool, _, plain = variant.partition("/")
-    settings = Settings(redis_url=url, namespace=f"bench-p2-{tag}", queue=f"bench-p2-{tag}-q")
+    pool, plain, batch = _parse(variant)
+    settings = Settings(
+        redis_url=url,
+        namespace=f"bench-p2-{tag}",
+        queue=f"bench-p2-{tag}-q",
+        batch_max_snapshots=batch or Settings.model_fields["batch_max_snapshots"].default,
+    )
     store = RedisCheckpointer.from_settings(settings)
     client = redis.Redis.from_url(url)  # to watch the queue and the in-flight messages
     app = create_app(settings, store=store)
@@ -219,22 +224,30 @@ def _limits(ctx: Context, url: str, state: AgentStateSnapshot, n: int) -> tuple[
 
 def _variants() -> list[str]:
     """What to measure: ``BENCH_P2_POOLS``, comma-separated ``-P`` values, each optionally
-    with ``/plain`` (task messages uncompressed, as before zstd); default: the prefork pool
-    with zstd messages and with plain ones."""
+    with ``/plain`` (task messages uncompressed, as before zstd) and ``/<n>`` (batches of
+    at most n snapshots); default: the prefork pool with zstd messages and with plain ones."""
     raw = os.environ.get("BENCH_P2_POOLS", "prefork,prefork/plain")
     return [p.strip() for p in raw.split(",") if p.strip()]
 
 
+def _parse(variant: str) -> tuple[str, bool, int | None]:
+    """``pool[/plain][/<batch size>]``: the pool, plain messages or not, the batch size."""
+    pool, *options = variant.split("/")
+    sizes = [int(o) for o in options if o.isdigit()]
+    return pool, "plain" in options, sizes[0] if sizes else None
+
+
 def _label(variant: str) -> str:
-    pool, _, plain = variant.partition("/")
-    return f"-P {pool}, {'plain JSON' if plain else 'zstd'} messages"
+    pool, plain, batch = _parse(variant)
+    size = batch or Settings.model_fields["batch_max_snapshots"].default
+    return f"-P {pool}, {'plain JSON' if plain else 'zstd'} messages, batches of ≤{size}"
 
 
 def run(ctx: Context) -> Section:
     """Measure P2 (always on a private redis-server)."""
     sec = Section(
         "P2",
-        "Throughput: persisted snapshots/s, one worker -c 2 (4 KB snapshots, batches of ≤100)",
+        "Throughput: persisted snapshots/s, one worker -c 2 (4 KB snapshots)",
         ["variant", "snapshots", "seconds", "snapshots/s", "vs no-op floor", "vs raw write",
          "worker CPU / snapshot", "of which main process", "Redis CPU / snapshot"],
     )  # fmt: skip
@@ -288,7 +301,7 @@ def run(ctx: Context) -> Section:
         "alone beside it. In the end-to-end rows the producer (this process: validate, "
         "encode, publish) shares the 2 vCPUs with the worker and Redis. Variants: "
         "BENCH_P2_POOLS (comma-separated -P values, each optionally /plain: uncompressed "
-        "task messages, as before zstd)."
+        "task messages, as before zstd; /<n>: batches of at most n)."
     )
     return sec
 
