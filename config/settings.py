@@ -67,7 +67,19 @@ _HARD_MARGIN = 30.0
 #: default largest string (proto-max-bulk-len, 512 MB).
 _MAX_SNAPSHOT_BYTES = 256 * 1024 * 1024
 
-_REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+_REDIS_SCHEMES = frozenset(
+    {
+        "redis",
+        "rediss",
+        "unix",
+        "redis+cluster",
+        "rediss+cluster",
+        "redis+sentinel",
+        "rediss+sentinel",
+    }
+)
+#: Schemes whose URL lists several ``host:port`` (agents_persistence.connect parses them).
+_MULTI_HOST_SCHEMES = frozenset(s for s in _REDIS_SCHEMES if "+" in s)
 _BROKER_SCHEMES = frozenset({"redis", "rediss", "amqp", "amqps", "pyamqp", "memory"})
 
 
@@ -75,9 +87,13 @@ def _check_url(value: SecretStr, schemes: frozenset[str], what: str) -> SecretSt
     raw = value.get_secret_value()
     try:
         parts = urlsplit(raw)
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
+        multi_host = parts.scheme in _MULTI_HOST_SCHEMES  # host:port,host:port,...
+        if not multi_host:
+            parts.port  # noqa: B018 - raises ValueError on a malformed port
     except ValueError as exc:
         raise ValueError(f"{what} is not a valid URL") from exc
+    if multi_host and not all(h.strip() for h in parts.netloc.rpartition("@")[2].split(",")):
+        raise ValueError(f"{what} has an empty host")
     if parts.scheme not in schemes:
         allowed = ", ".join(sorted(schemes))
         raise ValueError(f"{what} must use one of the schemes {allowed}")
@@ -178,6 +194,23 @@ class Settings(BaseSettings):
         default="zstd",
         description="What stored JSON from compress_threshold_bytes on is compressed with: "
         "zstd, or zlib (for readers of releases before zstd); both are always read.",
+    )
+
+    # -- durability against a failover ------------------------------------------------------
+    replica_acks: int = Field(
+        default=0,
+        ge=0,
+        le=100,
+        description="A save or delete counts (is acknowledged, then the broker message) only "
+        "once this many replicas hold it (WAIT in the same round trip; retried, then "
+        "ReplicaAcksMissing); 0: don't wait (replication is asynchronous: a failover may lose "
+        "the last writes).",
+    )
+    replica_ack_timeout_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="How long one write waits for its replica acks before it is retried.",
     )
 
     # -- the store's connection and retry policy (tenacity) --------------------------------

@@ -15,15 +15,28 @@ Lua script (or one MULTI/EXEC), applied whole or not at all.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Self, TypeVar, cast
 
 import redis.asyncio as aredis
+import redis.exceptions as rex
 from agents_persistence.checkpoint import Checkpoint, PreparedSave, WriteResult
 from agents_persistence.connect import asyncio_client
+from agents_persistence.keys import Keys
 from agents_persistence.models import AgentStateSnapshot
 from agents_persistence.redis_base import RedisStoreBase
-from agents_persistence.redis_ops import Command, Exchange, Op, Request
+from agents_persistence.redis_ops import (
+    Command,
+    Exchange,
+    Op,
+    Pipeline,
+    Request,
+    SlotMoved,
+    first_key,
+    waited,
+    waited_commands,
+)
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -56,8 +69,16 @@ class AsyncRedisCheckpointer(RedisStoreBase[aredis.Redis]):
         client = asyncio_client(url, retry=Retry(NoBackoff(), 0), **options)
         return cast(aredis.Redis, client)
 
+    @property
+    def keys(self) -> Keys:
+        """The namespace's keys: in its layout once a call has read it (before that, the
+        sharded layout of new namespaces)."""
+        return self._ops.keys
+
     async def aclose(self) -> None:
         """Close the client's connections."""
+        for client in self.__dict__.pop("_node_clients", {}).values():
+            await client.aclose()
         await self.client.aclose()
 
     async def __aenter__(self) -> Self:
@@ -130,8 +151,42 @@ class AsyncRedisCheckpointer(RedisStoreBase[aredis.Redis]):
         await self._run("ping", self._ops.ping())
 
     # -- the driver -----------------------------------------------------------------------------
+    def _node_client(self, key: bytes | str) -> aredis.Redis:
+        """A client of the cluster node serving ``key``'s slot (one per node, kept)."""
+        cluster: Any = self.client
+        node = cluster.get_node_from_key(key)
+        clients: dict[str, aredis.Redis] = self.__dict__.setdefault("_node_clients", {})
+        client = clients.get(node.name)
+        if client is None:
+            pool = aredis.ConnectionPool(
+                connection_class=node.connection_class, **node.connection_kwargs
+            )
+            client = clients[node.name] = aredis.Redis.from_pool(pool)
+        return client
+
+    async def _send_waited(self, request: Pipeline) -> Any:
+        """``request`` then ``WAIT`` in one round trip on one connection (on a cluster, to
+        the node serving its slot; the slot map is refreshed when that fails)."""
+        target = self._node_client(first_key(request)) if self._ops.cluster else self.client
+        pipe = target.pipeline(transaction=False)
+        for args in waited_commands(request):
+            pipe.execute_command(*args)
+        try:
+            return waited(request, await pipe.execute(raise_on_error=False))
+        except (rex.ConnectionError, rex.TimeoutError, SlotMoved):
+            if self._ops.cluster:
+                with contextlib.suppress(Exception):  # the retry refreshes again if need be
+                    await cast(Any, self.client).nodes_manager.initialize()
+            raise
+
     async def _run(self, what: str, op: Op[T]) -> T:
-        """Run an operation, each of its requests awaited through the retry policy."""
+        """Run an operation, each of its requests awaited through the retry policy (after
+        reading the namespace's layout, the first time)."""
+        if not self._ops.resolved:
+            await self._drive(what, self._ops.resolve())
+        return await self._drive(what, op)
+
+    async def _drive(self, what: str, op: Op[T]) -> T:
         exchange = Exchange(op)
         for request in exchange:
             try:
@@ -143,6 +198,8 @@ class AsyncRedisCheckpointer(RedisStoreBase[aredis.Redis]):
     async def _send(self, request: Request) -> Any:
         if isinstance(request, Command):
             return await self.client.execute_command(*request.args)  # type: ignore[no-untyped-call]
+        if request.wait is not None:
+            return await self._send_waited(request)
         pipe = self.client.pipeline(transaction=request.transaction)
         for args in request.commands:
             pipe.execute_command(*args)

@@ -34,6 +34,7 @@ from redis.connection import parse_url
 __all__ = [
     "CLUSTER_SCHEMES",
     "SENTINEL_SCHEMES",
+    "InvalidStoreURL",
     "StoreURL",
     "asyncio_client",
     "blocking_client",
@@ -83,8 +84,13 @@ class StoreURL:
         return redact_url(self.raw)
 
 
-def _bad(raw: str, why: str) -> StoreMisconfigured:
-    return StoreMisconfigured("", f"store URL {redact_url(raw)} {why}")
+class InvalidStoreURL(StoreMisconfigured, ValueError):
+    """A store URL that cannot be used (a ``ValueError`` too, as redis-py's own URL errors
+    are); its message names the URL with passwords redacted."""
+
+
+def _bad(raw: str, why: str) -> InvalidStoreURL:
+    return InvalidStoreURL("", f"store URL {redact_url(raw)} {why}")
 
 
 def _nodes(raw: str, netloc: str, default_port: int) -> tuple[tuple[str, int], ...]:
@@ -113,7 +119,7 @@ def parse_store_url(url: str) -> StoreURL:
     """Parse any store URL (see the module's table).
 
     Raises:
-        StoreMisconfigured: an unknown scheme, no host, a bad port, no sentinel service.
+        InvalidStoreURL: an unknown scheme, no host, a bad port, no sentinel service.
     """
     try:
         parts = urlsplit(url)
@@ -177,6 +183,24 @@ def is_cluster(client: object) -> bool:
     return isinstance(client, (redis.cluster.RedisCluster, acluster.RedisCluster))
 
 
+class _SentinelPrimary(redis.Redis):
+    """The primary a Sentinel names; closing it closes the connections to the sentinels."""
+
+    def close(self) -> None:
+        super().close()
+        for sentinel in self.connection_pool.sentinel_manager.sentinels:  # type: ignore[attr-defined]
+            sentinel.close()
+
+
+class _AsyncSentinelPrimary(aredis.Redis):
+    """The asyncio twin of :class:`_SentinelPrimary`."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        for sentinel in self.connection_pool.sentinel_manager.sentinels:  # type: ignore[attr-defined]
+            await sentinel.aclose()
+
+
 def _sentinel_kwargs(parsed: StoreURL, options: dict[str, Any]) -> dict[str, Any]:
     kwargs = {
         k: v
@@ -199,7 +223,9 @@ def blocking_client(url: str, **options: Any) -> redis.Redis | redis.cluster.Red
     sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
         list(parsed.nodes), sentinel_kwargs=_sentinel_kwargs(parsed, merged), **merged
     )
-    primary: redis.Redis = sentinel.master_for(parsed.service, db=parsed.db)  # type: ignore[no-untyped-call]
+    primary: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        parsed.service, db=parsed.db, redis_class=_SentinelPrimary
+    )
     return primary
 
 
@@ -219,5 +245,7 @@ def asyncio_client(url: str, **options: Any) -> aredis.Redis | acluster.RedisClu
     sentinel = asentinel.Sentinel(  # type: ignore[no-untyped-call]
         list(parsed.nodes), sentinel_kwargs=_sentinel_kwargs(parsed, merged), **merged
     )
-    primary: aredis.Redis = sentinel.master_for(parsed.service, db=parsed.db)
+    primary: aredis.Redis = sentinel.master_for(
+        parsed.service, db=parsed.db, redis_class=_AsyncSentinelPrimary
+    )
     return primary

@@ -10,10 +10,12 @@
     │       └── SnapshotTooLarge     encoded JSON above the configured cap
     ├── CorruptState                 stored bytes for one thread cannot be decoded
     ├── StoreUnavailable             the store stayed unreachable through every retry
-    │   └── StoreFull                it answered OOM (maxmemory under noeviction): transient,
-    │                                memory frees as keys expire or are deleted
+    │   ├── StoreFull                it answered OOM (maxmemory under noeviction): transient,
+    │   │                            memory frees as keys expire or are deleted
+    │   └── ReplicaAcksMissing       fewer replicas than ``replica_acks`` acknowledged a write
     ├── StoreMisconfigured           a key the namespace needs holds another Redis type, or
-    │                                scripts cannot be loaded: no retry fixes it, an operator must
+    │   │                            scripts cannot be loaded: no retry fixes it, an operator must
+    │   └── LegacyLayout             a namespace of the single-index layout met on a Redis Cluster
     └── HandOffError                 a snapshot could not be handed to the broker
         └── FlushTimeout             flush() / wait() ran out of time; names what is pending
 
@@ -32,7 +34,9 @@ __all__ = [
     "InvalidSnapshot",
     "InvalidThreadId",
     "InvalidVersion",
+    "LegacyLayout",
     "PersistenceError",
+    "ReplicaAcksMissing",
     "SnapshotTooLarge",
     "StoreFull",
     "StoreMisconfigured",
@@ -92,6 +96,24 @@ class StoreFull(StoreUnavailable):
     """
 
 
+class ReplicaAcksMissing(StoreUnavailable):
+    """A write was applied by the primary, but fewer replicas than required acknowledged it
+    within the timeout (``WAIT``), through every retry: it is not durable against a failover
+    (it may be lost if the primary fails now). Retry later; nothing older was written over.
+
+    Attributes:
+        acks: replicas that acknowledged the last attempt.
+        required: replicas required (``replica_acks``).
+    """
+
+    def __init__(self, acks: int, required: int) -> None:
+        super().__init__(
+            f"only {acks} of the {required} required replica(s) acknowledged the write "
+            "(WAIT), through every retry: not durable"
+        )
+        self.acks, self.required = acks, required
+
+
 class StoreMisconfigured(PersistenceError):
     """The store answered, but refuses what the namespace needs for a reason that no retry
     fixes: a key of the namespace (the dead-letter list, the index) holds a value of
@@ -107,6 +129,22 @@ class StoreMisconfigured(PersistenceError):
         super().__init__(f"store misconfigured{where}: {reason}")
         self.key = key
         self.reason = reason
+
+
+class LegacyLayout(StoreMisconfigured):
+    """The namespace keeps the single-index layout of earlier releases (one ``ns:index``,
+    records at ``ns:thread:<id>``), which a Redis Cluster cannot serve: its keys live in
+    unrelated slots. Migrate the namespace to the sharded layout on a single server (load
+    each thread and save it into a new namespace, which starts sharded) and copy that to
+    the cluster, or use another namespace there. On a single server the layout keeps
+    working as it is."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            key,
+            "the namespace uses the single-index layout of earlier releases, which a Redis "
+            "Cluster cannot serve; migrate it to the sharded layout (docs/scaling.md)",
+        )
 
 
 class HandOffError(PersistenceError):

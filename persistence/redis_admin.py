@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 import redis.exceptions as rex
+from agents_persistence.connect import is_cluster
 from agents_persistence.keys import Keys
 from agents_persistence.lists import RedisList
 from agents_persistence.retry import RetryPolicy
@@ -28,8 +29,10 @@ class RedisAdmin:
 
     if TYPE_CHECKING:
         client: redis.Redis
-        keys: Keys
         retry: RetryPolicy
+
+        @property
+        def keys(self) -> Keys: ...
 
     def dead_letter_list(self, max_length: int, *, namespace: str | None = None) -> RedisList:
         """The list ``<namespace>:deadletter``, capped at ``max_length`` entries (another
@@ -63,14 +66,20 @@ class RedisAdmin:
         """UNLINK these threads' records and drop them from the index (no tombstone)."""
         if not thread_ids:
             return 0
-        removed = 0
+        keys, removed = self.keys, 0
         for i in range(0, len(thread_ids), _BATCH):
-            batch = list(thread_ids[i : i + _BATCH])
-            pipe = self.client.pipeline(transaction=True)
-            pipe.unlink(*(self.keys.thread(tid) for tid in batch))
-            pipe.zrem(self.keys.index, *batch)
-            unlinked, _ = self.retry.call("purge", pipe.execute)
-            removed += int(unlinked)
+            by_shard: dict[int, list[str]] = {}
+            for tid in thread_ids[i : i + _BATCH]:
+                by_shard.setdefault(keys.shard(tid), []).append(tid)
+            # one transaction (one slot on a cluster: a shard's keys share its hash tag)
+            groups = [list(by_shard)] if not is_cluster(self.client) else [[s] for s in by_shard]
+            for group in groups:
+                pipe = self.client.pipeline(transaction=True)
+                for shard in group:
+                    pipe.unlink(*(keys.thread(tid) for tid in by_shard[shard]))
+                    pipe.zrem(keys.index_of(shard), *by_shard[shard])
+                replies = self.retry.call("purge", pipe.execute)
+                removed += sum(int(n) for n in replies[::2])
         return removed
 
     def drop_namespace(self) -> int:
@@ -87,7 +96,12 @@ class RedisAdmin:
                 removed += int(self.client.unlink(*batch))
             return removed
 
-        return self.retry.call("drop-namespace", drop)
+        removed = self.retry.call("drop-namespace", drop)
+        self._forget_layout()  # its layout key went too: read (or record) it afresh
+        return removed
+
+    def _forget_layout(self) -> None:
+        raise NotImplementedError
 
     def _scan(self) -> Iterator[bytes]:
         yield from self.client.scan_iter(match=self.keys.pattern, count=1000)

@@ -15,9 +15,11 @@ from agents_persistence.base import (
     DEFAULT_TOMBSTONE_TTL,
     CheckpointerCore,
     TTLLike,
+    to_milliseconds,
 )
 from agents_persistence.codec import Codec
-from agents_persistence.keys import Keys
+from agents_persistence.connect import is_cluster
+from agents_persistence.keys import DEFAULT_SHARDS, Keys
 from agents_persistence.redis_ops import RedisOps
 from agents_persistence.retry import RetryPolicy
 from agents_persistence.versions import VersionClock
@@ -44,6 +46,12 @@ class RedisStoreBase(CheckpointerCore, Generic[ClientT]):
         codec: encoding, size cap and compression.
         retry: the transient-error policy.
         clock: where versions come from when a caller gives none.
+        index_shards: index shards of the namespace if this store is the first to meet it
+            (afterwards the namespace's layout key says; see :mod:`agents_persistence.keys`).
+        replica_acks: a save or delete returns only once this many replicas hold it (``WAIT``
+            in the same round trip); short of that it is retried, then
+            :class:`~agents_persistence.errors.ReplicaAcksMissing`. 0: don't wait.
+        replica_ack_timeout: how long one write waits for them (``timedelta`` or seconds).
     """
 
     def __init__(
@@ -56,14 +64,34 @@ class RedisStoreBase(CheckpointerCore, Generic[ClientT]):
         codec: Codec | None = None,
         retry: RetryPolicy | None = None,
         clock: VersionClock | None = None,
+        index_shards: int = DEFAULT_SHARDS,
+        replica_acks: int = 0,
+        replica_ack_timeout: TTLLike = 1.0,
     ) -> None:
         super().__init__(
             namespace=namespace, ttl=ttl, tombstone_ttl=tombstone_ttl, codec=codec, clock=clock
         )
         self.client = client
-        self.keys = Keys(namespace)
         self.retry = retry if retry is not None else RetryPolicy()
-        self._ops = RedisOps(self.keys, self.codec, self.ttl_ms, self.tombstone_ttl_ms)
+        if isinstance(replica_acks, bool) or not isinstance(replica_acks, int) or replica_acks < 0:
+            raise ValueError(f"replica_acks must be a non-negative int, got {replica_acks!r}")
+        self._ops = RedisOps(
+            Keys(namespace),
+            self.codec,
+            self.ttl_ms,
+            self.tombstone_ttl_ms,
+            cluster=is_cluster(client),
+            shards=index_shards,
+            replica_acks=replica_acks,
+            replica_ack_timeout_ms=to_milliseconds(replica_ack_timeout, "replica_ack_timeout")
+            or 1000,
+        )
+
+    @property
+    def layout_keys(self) -> Keys:
+        """The namespace's keys as known so far: the sharded layout of new namespaces until
+        the first call read the namespace's layout key."""
+        return self._ops.keys
 
     @classmethod
     def from_url(
@@ -76,6 +104,8 @@ class RedisStoreBase(CheckpointerCore, Generic[ClientT]):
         codec: Codec | None = None,
         retry: RetryPolicy | None = None,
         clock: VersionClock | None = None,
+        replica_acks: int = 0,
+        replica_ack_timeout: TTLLike = 1.0,
         socket_timeout: float = 5.0,
         socket_connect_timeout: float = 2.0,
         **redis_kwargs: Any,
@@ -103,6 +133,8 @@ class RedisStoreBase(CheckpointerCore, Generic[ClientT]):
             codec=codec,
             retry=retry,
             clock=clock,
+            replica_acks=replica_acks,
+            replica_ack_timeout=replica_ack_timeout,
         )
 
     @classmethod
@@ -115,6 +147,8 @@ class RedisStoreBase(CheckpointerCore, Generic[ClientT]):
             tombstone_ttl=settings.tombstone_ttl_seconds,
             codec=settings.build_codec(),
             retry=settings.build_retry_policy(),
+            replica_acks=settings.replica_acks,
+            replica_ack_timeout=settings.replica_ack_timeout_seconds,
             socket_timeout=settings.socket_timeout_seconds,
             socket_connect_timeout=settings.socket_connect_timeout_seconds,
         )

@@ -12,9 +12,11 @@ through the store's retry policy (a request is idempotent: a pipeline is resent 
 
 from __future__ import annotations
 
+import heapq
+from collections import deque
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, NoReturn, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar, cast
 
 import redis.exceptions as rex
 from agents_persistence.base import MAX_PAGE_SIZE, check_limit, check_page_size
@@ -28,8 +30,15 @@ from agents_persistence.codec import (
     Record,
     format_version,
 )
-from agents_persistence.errors import CorruptState, InvalidInput, StoreMisconfigured
-from agents_persistence.keys import Keys
+from agents_persistence.errors import (
+    CorruptState,
+    InvalidInput,
+    LegacyLayout,
+    ReplicaAcksMissing,
+    StoreMisconfigured,
+    StoreUnavailable,
+)
+from agents_persistence.keys import DEFAULT_SHARDS, SINGLE, Keys, layout_value, parse_layout
 from agents_persistence.scripts import LuaScript, lua
 from agents_persistence.validation import MAX_VERSION, check_thread_id, check_version
 
@@ -38,6 +47,7 @@ __all__ = [
     "CHUNK_SAVES",
     "INLINE_MAX_BYTES",
     "LARGE_RECORD_BYTES",
+    "AcksMissing",
     "Command",
     "Exchange",
     "Op",
@@ -45,7 +55,11 @@ __all__ = [
     "Pipeline",
     "RedisOps",
     "Request",
+    "SlotMoved",
     "Sweep",
+    "first_key",
+    "waited",
+    "waited_commands",
 ]
 
 #: Records up to this size go to the script as an argument (one EVALSHA); larger ones are
@@ -95,6 +109,9 @@ class Pipeline:
     commands: tuple[tuple[Any, ...], ...]
     transaction: bool = False
     raise_on_error: bool = True
+    #: ``(replicas, timeout ms)``: send ``WAIT`` after the commands (after ``EXEC``) in the
+    #: same round trip, on the same connection (see :func:`waited`).
+    wait: tuple[int, int] | None = None
 
     @staticmethod
     def check(replies: list[Any]) -> list[Any]:
@@ -108,6 +125,75 @@ class Pipeline:
 
 
 Request = Command | Pipeline
+
+
+class AcksMissing(rex.TryAgainError):
+    """Fewer replicas than required acknowledged a write (``WAIT``): retried as a
+    transient error (the write is resent whole, so a failover that lost it is repaired);
+    after the last retry the operation raises
+    :class:`~agents_persistence.errors.ReplicaAcksMissing`."""
+
+    def __init__(self, acks: int, required: int) -> None:
+        super().__init__(f"{acks} of {required} replica(s) acknowledged the write")
+        self.acks, self.required = acks, required
+
+
+class SlotMoved(rex.TryAgainError):
+    """A command sent to the node that held its slot was answered MOVED/ASK/CLUSTERDOWN:
+    the driver refreshes its slot map and the request is retried."""
+
+
+def waited_commands(request: Pipeline) -> list[tuple[Any, ...]]:
+    """What a driver sends for ``request`` (which has ``wait``) in one non-transactional
+    pipeline on one connection: ``[MULTI,] commands [, EXEC], WAIT replicas timeout``."""
+    assert request.wait is not None
+    commands = list(request.commands)
+    if request.transaction:
+        commands = [("MULTI",), *commands, ("EXEC",)]
+    return [*commands, ("WAIT", *request.wait)]
+
+
+def waited(request: Pipeline, replies: list[Any]) -> list[Any]:
+    """The replies to ``request``'s commands, from the replies to
+    :func:`waited_commands`; raises what :meth:`Pipeline.check` raises, the first error with
+    ``raise_on_error``, :class:`SlotMoved`, or :class:`AcksMissing` if ``WAIT`` counted
+    fewer replicas than required."""
+    assert request.wait is not None
+    if any(isinstance(r, (rex.MovedError, rex.AskError, rex.ClusterDownError)) for r in replies):
+        raise SlotMoved("the slot moved to another node")
+    acks = replies[-1]
+    if request.transaction:
+        results = replies[-2]
+        if isinstance(results, Exception):  # EXECABORT: a command was refused when queued
+            errors = [r for r in replies[1:-2] if isinstance(r, Exception)]
+            raise errors[0] if errors else results
+        results = list(results)
+    else:
+        results = replies[:-1]
+    Pipeline.check(results)
+    if request.raise_on_error:
+        for reply in results:
+            if isinstance(reply, Exception):
+                raise reply
+    if isinstance(acks, Exception):
+        raise acks
+    if int(acks) < request.wait[0]:
+        raise AcksMissing(int(acks), request.wait[0])
+    return results
+
+
+def first_key(request: Request) -> bytes | str:
+    """The first key ``request`` names (the slot every key of a waited request shares)."""
+    commands = request.commands if isinstance(request, Pipeline) else (request.args,)
+    for args in commands:
+        name = str(args[0]).upper()
+        if name in ("EVALSHA", "EVAL") and int(args[2]) > 0:
+            return cast(bytes | str, args[3])
+        if name not in ("EVALSHA", "EVAL", "TIME", "PING", "SCRIPT LOAD", "WAIT"):
+            return cast(bytes | str, args[1])
+    raise ValueError("the request names no key")
+
+
 #: An operation: yields requests, is sent their replies, returns its result.
 Op = Generator[Request, Any, T]
 
@@ -154,20 +240,87 @@ class Exchange(Generic[T]):
 class RedisOps:
     """The operations of one store: its keys, codec, TTLs and remembered large threads.
 
+    The namespace's layout (:mod:`agents_persistence.keys`) is read from Redis, or recorded
+    there, by :meth:`resolve`, which a driver runs before the first operation; until then
+    :attr:`keys` assumes the sharded layout of new namespaces.
+
     Args:
         keys: the namespace's keys.
         codec: record encoding.
         ttl_ms: lifetime of a thread's state after each save, or None.
         tombstone_ttl_ms: lifetime of a delete's tombstone.
+        cluster: the client is a Redis Cluster client: one request never mixes slots.
+        shards: index shards of a namespace this store creates.
+        replica_acks: a write counts only once this many replicas acknowledged it (``WAIT``
+            in the same round trip); 0: don't wait.
+        replica_ack_timeout_ms: how long ``WAIT`` waits for them.
     """
 
-    def __init__(self, keys: Keys, codec: Codec, ttl_ms: int | None, tombstone_ttl_ms: int):
-        self.keys, self.codec = keys, codec
+    def __init__(
+        self,
+        keys: Keys,
+        codec: Codec,
+        ttl_ms: int | None,
+        tombstone_ttl_ms: int,
+        *,
+        cluster: bool = False,
+        shards: int = DEFAULT_SHARDS,
+        replica_acks: int = 0,
+        replica_ack_timeout_ms: int = 1000,
+    ):
+        self.keys = keys if keys.shards == shards else keys.with_shards(shards)
+        self.codec = codec
+        self.cluster, self._new_shards = cluster, shards
+        self.resolved = False
+        self._unrecorded: bytes | None = None  # the layout chosen, until a write records it
+        self.acks = (replica_acks, replica_ack_timeout_ms) if replica_acks > 0 else None
         self.tombstone_ttl_ms = tombstone_ttl_ms
         self._ttl_arg = b"" if ttl_ms is None else str(ttl_ms).encode()
         self._save, self._delete = lua("save"), lua("delete")
         self._page, self._cleanup = lua("page"), lua("cleanup")
         self._large: dict[str, None] = {}  # threads whose records were large: read split
+
+    # -- layout -------------------------------------------------------------------------------
+    def resolve(self) -> Op[Keys]:
+        """Read the namespace's layout and set :attr:`keys`. A namespace without a layout key
+        gets the single index if keys of earlier releases (``ns:index``) or of the Rust crate
+        (``ns:threads``) are there, else the sharded layout; its first write records that
+        (reads never write).
+
+        Raises:
+            StoreMisconfigured: the layout key names a layout this release does not know.
+            LegacyLayout: the single-index layout, on a Redis Cluster.
+        """
+        keys = self.keys
+        raw = yield Command(("GET", keys.layout))
+        if raw is None:
+            old, crate = yield Pipeline((("EXISTS", keys.index), ("EXISTS", keys.crate_index)))
+            self._unrecorded = layout_value(SINGLE if old or crate else self._new_shards)
+            raw = self._unrecorded
+        self._apply_layout(raw)
+        self.resolved = True
+        return self.keys
+
+    def _record_layout(self) -> Op[None]:
+        """Before the first write: record the layout :meth:`resolve` chose, unless another
+        process recorded one first (then use that)."""
+        if self._unrecorded is None:
+            return
+        value, layout = self._unrecorded, self.keys.layout
+        _, raw = yield Pipeline((("SET", layout, value, "NX"), ("GET", layout)))
+        self._unrecorded = None
+        self._apply_layout(raw if raw is not None else value)
+
+    def _apply_layout(self, raw: bytes | str) -> None:
+        shards = parse_layout(raw)
+        if shards is None:
+            raise StoreMisconfigured(
+                self.keys.layout, "it names a layout this release does not know"
+            )
+        if shards == SINGLE and self.cluster:
+            raise LegacyLayout(self.keys.layout)
+        if shards != self.keys.shards:
+            self.keys = self.keys.with_shards(shards)
 
     # -- writes -------------------------------------------------------------------------------
     def save_many(self, saves: Sequence[PreparedSave]) -> Op[list[WriteResult | Exception]]:
@@ -198,33 +351,68 @@ class RedisOps:
         chunk: list[tuple[int, PreparedSave, bytes]],
         results: list[WriteResult | Exception | None],
     ) -> Op[None]:
+        yield from self._record_layout()
         if len(chunk) == 1 and len(chunk[0][2]) <= INLINE_MAX_BYTES:
             i, s, record = chunk[0]
             try:
-                results[i] = _result(
-                    s, (yield from self._script(self._save, Command(self._cas(s, record))))
-                )
+                request = self._write(self._cas(s, record))
+                reply = yield from self._script(self._save, request)
+                results[i] = _result(s, reply if isinstance(request, Command) else reply[0])
             except rex.ResponseError as exc:
                 results[i] = _result(s, exc)
             return
-        commands: list[tuple[Any, ...]] = []
-        evals: list[int] = []
-        for _, s, record in chunk:
-            if len(record) <= INLINE_MAX_BYTES:
-                commands.append(self._cas(s, record))
-            else:
-                commands.append(("SET", self.keys.staging, record, "PX", _STAGING_PX))
-                commands.append(self._cas(s, None))
-            evals.append(len(commands) - 1)
-        pipeline = Pipeline(tuple(commands), transaction=True, raise_on_error=False)
-        replies = yield from self._script(self._save, pipeline)
-        for (i, s, _), at in zip(chunk, evals, strict=True):
-            results[i] = _result(s, replies[at])
+        for group, transaction in self._save_groups(chunk):
+            commands: list[tuple[Any, ...]] = []
+            evals: list[int] = []
+            for _, s, record in group:
+                if len(record) <= INLINE_MAX_BYTES:
+                    commands.append(self._cas(s, record))
+                else:
+                    staging = self.keys.staging_of(self.keys.shard(s.thread_id))
+                    commands.append(("SET", staging, record, "PX", _STAGING_PX))
+                    commands.append(self._cas(s, None))
+                evals.append(len(commands) - 1)
+            pipeline = Pipeline(
+                tuple(commands), transaction=transaction, raise_on_error=False, wait=self.acks
+            )
+            replies = yield from self._script(self._save, pipeline)
+            for (i, s, _), at in zip(group, evals, strict=True):
+                results[i] = _result(s, replies[at])
+
+    def _save_groups(
+        self, chunk: list[tuple[int, PreparedSave, bytes]]
+    ) -> list[tuple[list[tuple[int, PreparedSave, bytes]], bool]]:
+        """The requests a chunk of saves travels in, each with whether it is a MULTI/EXEC.
+
+        One server: the whole chunk in one transaction. A cluster: a transaction only spans
+        one slot, so the small saves (one script each, atomic on its own) go in one
+        pipeline that the client splits by node, and the staged large ones in one
+        transaction per shard (the staging SET and the script must not be interleaved).
+        """
+        if not self.cluster:
+            return [(chunk, True)]
+        if self.acks is not None:  # WAIT runs on the connection of one node: one shard each
+            shards: dict[int, list[tuple[int, PreparedSave, bytes]]] = {}
+            for item in chunk:
+                shards.setdefault(self.keys.shard(item[1].thread_id), []).append(item)
+            return [
+                (group, any(len(r) > INLINE_MAX_BYTES for _, _, r in group))
+                for group in shards.values()
+            ]
+        small = [item for item in chunk if len(item[2]) <= INLINE_MAX_BYTES]
+        by_shard: dict[int, list[tuple[int, PreparedSave, bytes]]] = {}
+        for item in chunk:
+            if len(item[2]) > INLINE_MAX_BYTES:
+                by_shard.setdefault(self.keys.shard(item[1].thread_id), []).append(item)
+        groups = [(small, False)] if small else []
+        return groups + [(group, True) for group in by_shard.values()]
 
     def _cas(self, s: PreparedSave, record: bytes | None) -> tuple[Any, ...]:
         keys = self.keys
+        shard = keys.shard(s.thread_id)
         args = (
-            "EVALSHA", self._save.sha, 3, keys.thread(s.thread_id), keys.staging, keys.index,
+            "EVALSHA", self._save.sha, 3,
+            keys.thread(s.thread_id), keys.staging_of(shard), keys.index_of(shard),
             format_version(s.version), self._ttl_arg, s.thread_id,
         )  # fmt: skip
         return args if record is None else (*args, record)
@@ -242,8 +430,9 @@ class RedisOps:
             thread_id,
             format_version(clock()),
         )
-        keys = (self.keys.thread(thread_id), self.keys.index)
-        code, current = yield from self._eval(self._delete, keys, args, thread_id)
+        yield from self._record_layout()
+        keys = (self.keys.thread(thread_id), self.keys.index_of(self.keys.shard(thread_id)))
+        code, current = yield from self._eval(self._delete, keys, args, thread_id, write=True)
         done = explicit if explicit is not None else int(current)
         return WriteResult(thread_id, done, _OUTCOMES[code], int(current))
 
@@ -311,15 +500,25 @@ class RedisOps:
         """(live, expired but not yet cleaned) entries of the index, by the server's clock."""
         seconds, micros = yield Command(("TIME",))
         now_ms = int(seconds) * 1000 + int(micros) // 1000
-        index = self.keys.index
-        total, expired = yield Pipeline((("ZCARD", index), ("ZCOUNT", index, "-inf", now_ms)))
-        return int(total) - int(expired), int(expired)
+        commands: list[tuple[Any, ...]] = []
+        for index in self.keys.index_keys:
+            commands += [("ZCARD", index), ("ZCOUNT", index, "-inf", now_ms)]
+        replies = yield Pipeline(tuple(commands))
+        total, expired = sum(map(int, replies[::2])), sum(map(int, replies[1::2]))
+        return total - expired, expired
 
     def ping(self) -> Op[None]:
         """One PING."""
         yield Command(("PING",))
 
     # -- scripts --------------------------------------------------------------------------------
+    def _write(self, args: tuple[Any, ...]) -> Request:
+        """One write command, followed by ``WAIT`` in the same round trip if replica acks
+        are required (then its reply is a one-element list)."""
+        if self.acks is None:
+            return Command(args)
+        return Pipeline((args,), wait=self.acks)
+
     def _script(self, script: LuaScript, request: Request) -> Op[Any]:
         """Send ``request``, which runs ``script`` by its SHA; if the server lost its scripts
         (restart, failover, SCRIPT FLUSH: NOSCRIPT), load ``script`` and send it once more.
@@ -327,13 +526,20 @@ class RedisOps:
         The one NOSCRIPT fallback of both stores: single calls and pipelines both go here.
         """
         try:
-            return (yield request)
-        except rex.NoScriptError:
-            yield Command(("SCRIPT LOAD", script.source))
-        try:
-            return (yield request)
-        except rex.NoScriptError as exc:  # loaded, yet unknown: a proxy that drops scripts
-            raise StoreMisconfigured("", f"script {script.name} cannot be kept loaded") from exc
+            try:
+                return (yield request)
+            except rex.NoScriptError:
+                yield Command(("SCRIPT LOAD", script.source))
+            try:
+                return (yield request)
+            except rex.NoScriptError as exc:  # loaded, yet unknown: a proxy that drops scripts
+                raise StoreMisconfigured(
+                    "", f"script {script.name} cannot be kept loaded"
+                ) from exc
+        except StoreUnavailable as exc:
+            if isinstance(exc.__cause__, AcksMissing):
+                raise ReplicaAcksMissing(exc.__cause__.acks, exc.__cause__.required) from exc
+            raise
 
     def _eval(
         self,
@@ -341,18 +547,41 @@ class RedisOps:
         keys: Sequence[str],
         args: Sequence[object],
         thread_id: str | None = None,
+        *,
+        write: bool = False,
     ) -> Op[Any]:
-        command = Command(("EVALSHA", script.sha, len(keys), *keys, *args))
+        args_ = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        request = self._write(args_) if write else Command(args_)
         try:
-            return (yield from self._script(script, command))
+            reply = yield from self._script(script, request)
+            return reply if isinstance(request, Command) else reply[0]
         except rex.ResponseError as exc:
             if thread_id is None:
                 raise
             _raise_typed(thread_id, exc)
 
 
+@dataclass(slots=True)
+class _Shard:
+    """One index shard during a listing: the last entry returned from it (the next page
+    starts after it)."""
+
+    key: str
+    cursor: bytes = b""
+    score: bytes = b""
+
+
 class Pages:
-    """A listing's cursor (expiry score, then thread id) over the index.
+    """A listing over the index shards, merged in index order (expiry score, then thread
+    id), each shard with its own cursor: the last entry returned from it.
+
+    Each page starts afresh from the cursors (so nothing deleted before its page is
+    returned, and a thread saved again meanwhile comes round again, as on one index): every
+    shard is fetched in one request, about
+    ``1.5 * page_size / shards`` entries each (a shard that runs dry before the page is full
+    is fetched again), and an entry is returned only once every unfinished shard has one
+    buffered, so the merge is in order. What was fetched and not returned is dropped at the
+    end of the page: memory stays within a few pages. A short page is the last.
 
     Raises:
         InvalidInput: ``page_size`` is not an int in 1 .. the largest page.
@@ -360,24 +589,70 @@ class Pages:
 
     def __init__(self, ops: RedisOps, page_size: int) -> None:
         self._ops, self.page_size = ops, check_page_size(page_size)
-        self._cursor, self._score = b"", b""
+        self._shards: list[_Shard] | None = None
         self.done = False
 
     def next_page(self) -> Op[list[str]]:
         """The next page of thread ids; sets :attr:`done` after the last one."""
+        if self._shards is None:  # the layout is known by now (the driver resolved it)
+            self._shards = [_Shard(key) for key in self._ops.keys.index_keys]
+        shards, size = self._shards, self.page_size
+        chunk = min(size, size * 3 // (2 * len(shards)) + 8)
+        buffers: dict[int, deque[tuple[float, bytes, bytes]]] = {}
+        ends: dict[int, tuple[bytes, bytes]] = {}  # where each shard's next fetch starts
+        more: set[int] = set()  # shards that may hold entries beyond what was fetched
+        heap: list[tuple[float, bytes, int]] = []
+        starved = list(range(len(shards)))
+        for i in starved:
+            buffers[i], ends[i] = deque(), (shards[i].cursor, shards[i].score)
+        out: list[bytes] = []
+        while len(out) < size:
+            if starved:
+                replies = yield from self._fetch(
+                    [(shards[i].key, *ends[i]) for i in starved], chunk
+                )
+                for i, flat in zip(starved, replies, strict=True):
+                    buffer = buffers[i]
+                    for j in range(0, len(flat), 2):
+                        buffer.append((float(flat[j + 1]), flat[j], flat[j + 1]))
+                    if len(flat) == 2 * chunk:
+                        more.add(i)
+                        ends[i] = (flat[-2], flat[-1])
+                    else:
+                        more.discard(i)
+                    if buffer:
+                        heapq.heappush(heap, (buffer[0][0], buffer[0][1], i))
+                starved = []
+            if not heap:
+                break
+            _, thread_id, i = heapq.heappop(heap)
+            buffer = buffers[i]
+            _, _, score = buffer.popleft()
+            out.append(thread_id)
+            shards[i].cursor, shards[i].score = thread_id, score
+            if buffer:
+                heapq.heappush(heap, (buffer[0][0], buffer[0][1], i))
+            elif i in more:
+                starved.append(i)
+        self.done = len(out) < size
+        return [tid.decode("utf-8", "replace") for tid in out]
+
+    def _fetch(self, which: list[tuple[str, bytes, bytes]], chunk: int) -> Op[list[Any]]:
         ops = self._ops
-        args = (self.page_size, self._cursor, self._score)
-        flat = yield from ops._eval(ops._page, (ops.keys.index,), args)
-        if len(flat) < 2 * self.page_size:
-            self.done = True
-        else:
-            self._cursor, self._score = flat[-2], flat[-1]
-        return [flat[i].decode("utf-8", "replace") for i in range(0, len(flat), 2)]
+        commands = tuple(
+            ("EVALSHA", ops._page.sha, 1, key, chunk, cursor, score)
+            for key, cursor, score in which
+        )
+        if len(commands) == 1:
+            return [(yield from ops._script(ops._page, Command(commands[0])))]
+        replies: list[Any] = yield from ops._script(ops._page, Pipeline(commands))
+        return replies
 
 
 class Sweep:
-    """Cleanup of up to ``limit`` (None: all) expired index entries, at most
-    :data:`~agents_persistence.base.MAX_PAGE_SIZE` per request, so Redis is never held long.
+    """Cleanup of up to ``limit`` (None: all) expired index entries, shard by shard, at
+    most :data:`~agents_persistence.base.MAX_PAGE_SIZE` per shard and request (every
+    unfinished shard in one request), so Redis is never held long.
 
     Raises:
         InvalidInput: ``limit`` is neither None nor a positive int.
@@ -385,17 +660,34 @@ class Sweep:
 
     def __init__(self, ops: RedisOps, limit: int | None) -> None:
         self._ops, self._limit = ops, check_limit(limit)
+        self._active: list[str] | None = None
         self.removed = 0
         self.done = False
 
     def next_batch(self) -> Op[int]:
-        """Remove one batch; sets :attr:`done` once nothing (or the limit) is left."""
+        """Remove one batch from each unfinished shard (the limit shared among them); sets
+        :attr:`done` once nothing (or the limit) is left."""
         ops, limit = self._ops, self._limit
-        batch = MAX_PAGE_SIZE if limit is None else min(MAX_PAGE_SIZE, limit - self.removed)
-        n = int((yield from ops._eval(ops._cleanup, (ops.keys.index,), (batch,))))
-        self.removed += n
-        self.done = n < batch or (limit is not None and self.removed >= limit)
-        return n
+        if self._active is None:  # the layout is known by now (the driver resolved it)
+            self._active = list(ops.keys.index_keys)
+        active = self._active
+        if limit is None:
+            batches = [MAX_PAGE_SIZE] * len(active)
+        else:
+            share, extra = divmod(limit - self.removed, len(active))
+            batches = [min(MAX_PAGE_SIZE, share + (k < extra)) for k in range(len(active))]
+        sent = [(key, b) for key, b in zip(active, batches, strict=True) if b > 0]
+        commands = tuple(("EVALSHA", ops._cleanup.sha, 1, key, b) for key, b in sent)
+        if len(commands) == 1:
+            replies = [(yield from ops._script(ops._cleanup, Command(commands[0])))]
+        else:
+            replies = yield from ops._script(ops._cleanup, Pipeline(commands))
+        removed = [int(n) for n in replies]
+        self._active = [key for (key, b), n in zip(sent, removed, strict=True) if n >= b]
+        self._active += [key for key, b in zip(active, batches, strict=True) if b == 0]
+        self.removed += sum(removed)
+        self.done = not self._active or (limit is not None and self.removed >= limit)
+        return sum(removed)
 
 
 def _header_version(head: object) -> int:

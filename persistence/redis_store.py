@@ -15,13 +15,16 @@ with redis-py's blocking client.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar, cast
 
 import redis
+import redis.exceptions as rex
 from agents_persistence.base import BaseCheckpointer
 from agents_persistence.checkpoint import Checkpoint, PreparedSave, WriteResult
 from agents_persistence.connect import blocking_client
+from agents_persistence.keys import Keys
 from agents_persistence.redis_admin import RedisAdmin
 from agents_persistence.redis_base import RedisStoreBase
 from agents_persistence.redis_ops import (
@@ -32,7 +35,12 @@ from agents_persistence.redis_ops import (
     Command,
     Exchange,
     Op,
+    Pipeline,
     Request,
+    SlotMoved,
+    first_key,
+    waited,
+    waited_commands,
 )
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -60,6 +68,43 @@ class RedisCheckpointer(RedisStoreBase[redis.Redis], RedisAdmin, BaseCheckpointe
     def close(self) -> None:
         """Close the client's connections."""
         self.client.close()
+
+    @property
+    def keys(self) -> Keys:
+        """The namespace's keys, in its layout (read from Redis on first use)."""
+        if not self._ops.resolved:
+            self._resolve()
+        return self._ops.keys
+
+    def _send_waited(self, request: Pipeline) -> Any:
+        """``request`` then ``WAIT`` in one round trip on one connection: on a cluster, a
+        connection to the node serving the request's slot (its slot map refreshed when that
+        node is gone or the slot moved)."""
+        target: Any = self.client
+        if self._ops.cluster:
+            cluster: Any = self.client
+            target = cluster.get_redis_connection(cluster.get_node_from_key(first_key(request)))
+        pipe = target.pipeline(transaction=False)
+        for args in waited_commands(request):
+            pipe.execute_command(*args)
+        try:
+            return waited(request, pipe.execute(raise_on_error=False))
+        except (rex.ConnectionError, rex.TimeoutError, SlotMoved):
+            if self._ops.cluster:
+                with contextlib.suppress(Exception):  # the retry refreshes again if need be
+                    cast(Any, self.client).nodes_manager.initialize()
+            raise
+
+    def _forget_layout(self) -> None:
+        self._ops.resolved = False
+
+    def _resolve(self, what: str = "layout") -> None:
+        exchange = Exchange(self._ops.resolve())
+        for request in exchange:
+            try:
+                exchange.reply(self.retry.call(what, self._send, request))
+            except Exception as exc:
+                exchange.fail(exc)
 
     # -- writes ---------------------------------------------------------------------------------
     def save_many(self, saves: Sequence[PreparedSave]) -> list[WriteResult | Exception]:
@@ -101,7 +146,10 @@ class RedisCheckpointer(RedisStoreBase[redis.Redis], RedisAdmin, BaseCheckpointe
 
     # -- the driver -----------------------------------------------------------------------------
     def _run(self, what: str, op: Op[T]) -> T:
-        """Run an operation, each of its requests through the retry policy."""
+        """Run an operation, each of its requests through the retry policy (after reading
+        the namespace's layout, the first time)."""
+        if not self._ops.resolved:
+            self._resolve(what)
         exchange = Exchange(op)
         for request in exchange:
             try:
@@ -113,6 +161,8 @@ class RedisCheckpointer(RedisStoreBase[redis.Redis], RedisAdmin, BaseCheckpointe
     def _send(self, request: Request) -> Any:
         if isinstance(request, Command):
             return self.client.execute_command(*request.args)  # type: ignore[no-untyped-call]
+        if request.wait is not None:
+            return self._send_waited(request)
         pipe = self.client.pipeline(transaction=request.transaction)
         for args in request.commands:
             pipe.execute_command(*args)  # type: ignore[no-untyped-call]

@@ -331,9 +331,15 @@ class RedisClusterTopology(_Topology):
                 if info.get("master_link_status") != "up":
                     return False
                 linked[int(info["master_port"])] = linked.get(int(info["master_port"]), 0) + 1
-        primaries = {n.port for n in self.primaries_now()}
-        return len(primaries) == self.primaries and all(
-            linked.get(p, 0) >= 1 for p in primaries if self.replicas > 0
+        primaries = self.primaries_now()
+        if len(primaries) != self.primaries:
+            return False
+        if self.replicas == 0:
+            return True
+        # linked, and acknowledging: a fresh link answers WAIT only after its first ack
+        return all(
+            linked.get(p.port, 0) >= 1 and int(self._query(p, "WAIT", 1, 100)) >= 1
+            for p in primaries
         )
 
     def wait_ready(self, timeout: float | None = None, *, replicas_linked: bool = True) -> None:
@@ -356,7 +362,10 @@ class RedisClusterTopology(_Topology):
         slots = [start for start, _ in self.slot_ranges().get(killed.port, [])] or [0]
 
         def promoted() -> bool:
-            owner = self.slot_owner(slots[0])
+            try:
+                owner = self.slot_owner(slots[0])
+            except TopologyError:  # the slot map still names the dead node
+                return False
             return owner is not killed and owner.running and self.role_of(owner) == "master"
 
         _wait(f"a replica of port {killed.port} to take over", promoted, timeout or 60.0)
@@ -504,11 +513,14 @@ class RedisSentinelTopology(_Topology):
         client = _probe(primary, self.password)
         try:
             info = client.info("replication")
+            if info.get("role") != "master":
+                return False
+            if not need_replica:
+                return True
+            # linked, and acknowledging: a fresh link answers WAIT only after its first ack
+            return int(info.get("connected_slaves", 0)) >= 1 and int(client.wait(1, 100)) >= 1
         finally:
             client.close()
-        if info.get("role") != "master":
-            return False
-        return not need_replica or int(info.get("connected_slaves", 0)) >= 1
 
     def wait_ready(self, timeout: float | None = None) -> None:
         """Wait until every sentinel names the same running primary, knows the other

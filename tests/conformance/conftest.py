@@ -6,14 +6,17 @@
   own that is deleted afterwards (``redis``);
 * ``async-fakeredis`` and ``async-redis``: :class:`AsyncRedisCheckpointer` on the same two
   servers, each call awaited on an event loop thread of the backend's own
-  (``async_facade.BlockingFacade``), so the same test functions apply.
+  (``async_facade.BlockingFacade``), so the same test functions apply;
+* ``cluster`` / ``async-cluster``: both stores on the session's private Redis Cluster
+  (3 primaries + 3 replicas, ``redis+cluster://``), and ``sentinel`` / ``async-sentinel``
+  on the session's private Sentinel group (``redis+sentinel://``) (``redis``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import fakeredis
 import fakeredis.aioredis
@@ -25,6 +28,7 @@ from agents_persistence import (
     InMemoryCheckpointer,
     RedisCheckpointer,
 )
+from agents_persistence.connect import blocking_client
 
 from tests.conformance.async_facade import BlockingFacade, LoopThread
 from tests.support import namespace_keys
@@ -97,11 +101,18 @@ def _open(
     if kind == "memory":
         return Backend("memory", ns, None, _memory, namespace_factory)
     client: redis.Redis
+    url: str = ""
     if kind.endswith("fakeredis"):
         server = fakeredis.FakeServer()
         client = fakeredis.FakeRedis(server=server)
+    elif kind.endswith(("cluster", "sentinel")):
+        if kind.endswith("cluster"):
+            url = request.getfixturevalue("redis_cluster").url
+        else:
+            url = request.getfixturevalue("redis_sentinel").url()
+        client = cast(redis.Redis, blocking_client(url, socket_timeout=5.0))
     else:
-        url: str = request.getfixturevalue("real_redis_url")
+        url = request.getfixturevalue("real_redis_url")
         client = redis.Redis.from_url(url, socket_timeout=5.0)
     if kind.startswith("async-"):
         loop = LoopThread()
@@ -131,9 +142,25 @@ _FAKEREDIS = pytest.param("fakeredis", marks=pytest.mark.unit)
 _REDIS = pytest.param("redis", marks=pytest.mark.redis)
 _ASYNC_FAKEREDIS = pytest.param("async-fakeredis", marks=pytest.mark.unit)
 _ASYNC_REDIS = pytest.param("async-redis", marks=pytest.mark.redis)
+_CLUSTER = pytest.param("cluster", marks=pytest.mark.redis)
+_ASYNC_CLUSTER = pytest.param("async-cluster", marks=pytest.mark.redis)
+_SENTINEL = pytest.param("sentinel", marks=pytest.mark.redis)
+_ASYNC_SENTINEL = pytest.param("async-sentinel", marks=pytest.mark.redis)
 
 
-@pytest.fixture(params=[_MEMORY, _FAKEREDIS, _REDIS, _ASYNC_FAKEREDIS, _ASYNC_REDIS])
+@pytest.fixture(
+    params=[
+        _MEMORY,
+        _FAKEREDIS,
+        _REDIS,
+        _ASYNC_FAKEREDIS,
+        _ASYNC_REDIS,
+        _CLUSTER,
+        _ASYNC_CLUSTER,
+        _SENTINEL,
+        _ASYNC_SENTINEL,
+    ]
+)
 def backend(
     request: pytest.FixtureRequest, namespace_factory: Callable[[], str]
 ) -> Iterator[Backend]:
@@ -145,11 +172,11 @@ def backend(
         opened.close()
 
 
-@pytest.fixture(params=[_FAKEREDIS, _REDIS])
+@pytest.fixture(params=[_FAKEREDIS, _REDIS, _CLUSTER, _SENTINEL])
 def redis_backend(
     request: pytest.FixtureRequest, namespace_factory: Callable[[], str]
 ) -> Iterator[Backend]:
-    """The two RedisCheckpointer backends only (tests that plant or inspect raw keys; the
+    """The RedisCheckpointer backends only (tests that plant or inspect raw keys; the
     async store runs the same operations, :mod:`agents_persistence.redis_ops`)."""
     opened = _open(request.param, request, namespace_factory)
     try:

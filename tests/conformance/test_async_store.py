@@ -174,7 +174,9 @@ async def test_a_cancelled_save_leaves_the_old_record_or_the_new_one_whole(
             assert turns > 0, "a save cancelled before it ran was applied"
         stored = new
     keys = namespace_keys(servers.raw, astore.namespace)  # no staged copy left behind
-    assert keys == sorted([astore.keys.index.encode(), astore.keys.thread("t").encode()])
+    layout = astore.keys
+    index = layout.index_of(layout.shard("t"))
+    assert keys == sorted(k.encode() for k in (layout.layout, index, layout.thread("t")))
 
 
 # -- the same records as the blocking store -------------------------------------------------------

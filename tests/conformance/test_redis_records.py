@@ -14,7 +14,6 @@ import pytest
 import zstandard
 from agents_persistence import AgentStateSnapshot, CorruptState, RedisCheckpointer
 from agents_persistence.codec import HEADER_SIZE
-from agents_persistence.keys import Keys
 
 from tests.conformance.conftest import Backend
 from tests.support import SEED_JSON, sample_state
@@ -32,9 +31,10 @@ def test_only_thread_keys_and_the_index_remain(redis_backend: Backend) -> None:
     store.save_state("a", sample_state())
     store.save_state("a", sample_state(), version=1)  # stale: its staged copy is dropped
     store.save_state("b:c", sample_state())
-    keys = Keys(redis_backend.namespace)
+    keys = store.keys
+    indexes = {keys.index_of(keys.shard(tid)) for tid in ("a", "b:c")}
     assert redis_backend.keys() == sorted(
-        k.encode() for k in (keys.index, keys.thread("a"), keys.thread("b:c"))
+        k.encode() for k in (keys.layout, *indexes, keys.thread("a"), keys.thread("b:c"))
     )
 
 
@@ -49,14 +49,14 @@ def test_record_header_ttl_and_index_score(redis_backend: Backend) -> None:
     assert raw[4:24] == b"%020d" % 123
     assert json.loads(raw[HEADER_SIZE:]) == json.loads(sample_state().model_dump_json())
     assert 29_000 < client.pttl(keys.thread("t")) <= 30_000
-    score = client.zscore(keys.index, "t")
+    score = client.zscore(keys.index_of(keys.shard("t")), "t")
     assert score is not None
     assert abs(score - (time.time() * 1000 + 30_000)) < 5_000
 
     forever = redis_store(redis_backend, namespace=redis_backend.new_namespace())
     forever.save_state("t", sample_state())
     assert client.pttl(forever.keys.thread("t")) == -1
-    assert client.zscore(forever.keys.index, "t") == float("inf")
+    assert client.zscore(forever.keys.index_of(forever.keys.shard("t")), "t") == float("inf")
 
 
 def test_a_save_without_ttl_persists_a_thread_saved_with_one(redis_backend: Backend) -> None:
@@ -89,7 +89,7 @@ def test_empty_interrupts_are_not_written(redis_backend: Backend) -> None:
     store = redis_store(redis_backend)
     store.save_state("none", sample_state())
     store.save_state("some", AgentStateSnapshot.model_validate_json(SEED_JSON))
-    none_raw, some_raw = client.mget(store.keys.thread("none"), store.keys.thread("some"))
+    none_raw, some_raw = (client.get(store.keys.thread(t)) for t in ("none", "some"))
     assert isinstance(none_raw, bytes)
     assert isinstance(some_raw, bytes)
     assert "pending_interrupts" not in json.loads(none_raw[HEADER_SIZE:])

@@ -91,16 +91,17 @@ def test_crafted_thread_ids_stay_in_their_namespace(
 @settings(max_examples=300, deadline=None)
 @given(st.text(min_size=1, max_size=MAX_THREAD_ID_LENGTH))
 def test_every_valid_thread_id_maps_inside_the_namespace(thread_id: str) -> None:
-    """Any string the checks accept becomes a key under ``<namespace>:thread:``, and no
-    two ids share a key; any other string is refused with InvalidThreadId."""
-    keys = Keys("ns")
+    """Any string the checks accept becomes a key under ``<namespace>:{<its shard's tag>}
+    :thread:`` (or ``<namespace>:thread:`` in the single-index layout), ending in the id, so
+    no two ids share a key; any other string is refused with InvalidThreadId."""
     try:
         check_thread_id(thread_id)
     except InvalidThreadId:
         return
-    key = keys.thread(thread_id)
-    assert key.startswith("ns:thread:")
-    assert key[len("ns:thread:") :] == thread_id
+    sharded = Keys("ns")
+    tag = sharded.tag(sharded.shard(thread_id))
+    assert sharded.thread(thread_id) == f"ns:{tag}:thread:{thread_id}"
+    assert Keys("ns", 0).thread(thread_id) == f"ns:thread:{thread_id}"
 
 
 @settings(max_examples=100, deadline=None)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import pytest
 import redis
 from agents_persistence import RedisCheckpointer
+from agents_persistence.keys import Keys
 
 from tests.support import delete_namespace, namespace_keys, sample_state
 
@@ -28,12 +29,16 @@ def test_delete_namespace_removes_only_its_keys(
         finally:
             store.close()
     real_redis.set(f"{longer}:thread:x", "not ours")
+    keys = Keys(ns)  # 30 records/tombstones, the index shards of a:1 .. a:29, the layout
+    expected = 30 + len({keys.shard(f"a:{i}") for i in range(1, 30)}) + 1
     try:
-        assert len(namespace_keys(real_redis, ns)) == 31  # 30 records/tombstones + index
-        assert delete_namespace(real_redis, ns) == 31
+        assert len(namespace_keys(real_redis, ns)) == expected
+        assert delete_namespace(real_redis, ns) == expected
         assert namespace_keys(real_redis, ns) == []
         for name in neighbours:
-            assert len(namespace_keys(real_redis, name)) == 31
+            keys = Keys(name)
+            count = 30 + len({keys.shard(f"a:{i}") for i in range(1, 30)}) + 1
+            assert len(namespace_keys(real_redis, name)) == count
         assert real_redis.get(f"{longer}:thread:x") == b"not ours"
     finally:
         real_redis.delete(f"{longer}:thread:x")

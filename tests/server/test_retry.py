@@ -202,8 +202,8 @@ def test_an_acl_refusal_is_not_retried(
         extra_args=["--user", "no-reads", "on", ">pw", "~*", "&*", "+@all", "-get"]
     )
     policy = RetryPolicy(attempts=50, initial_backoff=0.1, max_backoff=1.0, deadline=10.0)
+    assert open_store(server.url).save_state("t", sample_state()).written
     store = open_store(server.url_for("no-reads", "pw"), retry=policy)
-    assert store.save_state("t", sample_state()).written
     start = time.monotonic()
     with pytest.raises(rex.NoPermissionError):
         store.load_state("t")

@@ -129,12 +129,12 @@ def test_the_rust_crate_cannot_parse_our_records() -> None:
     store.save_state("large", large)
     store.delete_thread("gone")
     for tid in ("small", "large", "gone"):
-        raw = client.get(f"rust:thread:{tid}")
+        raw = client.get(store.keys.thread(tid))
         assert isinstance(raw, bytes)
         assert raw.startswith(MAGIC)
         with pytest.raises((json.JSONDecodeError, UnicodeDecodeError)):  # as serde_json does
             json.loads(raw)
-    plain = client.get("rust:thread:small")
+    plain = client.get(store.keys.thread("small"))
     assert isinstance(plain, bytes)
     assert AgentStateSnapshot.model_validate_json(plain[HEADER_SIZE:]) == small
     assert not client.exists("rust:threads")
