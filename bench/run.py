@@ -45,6 +45,7 @@ SECTIONS = {
     "P7": "bench.p7_async",
     "P8": "bench.p8_saver",
     "P9": "bench.p9_metrics",
+    "P10": "bench.p10_cluster",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 
