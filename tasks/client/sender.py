@@ -116,7 +116,12 @@ class TaskSender:
     @contextmanager
     def holding_producer(self) -> Iterator[None]:
         """Within the block, this thread's :meth:`send` calls share one producer from the
-        app's pool (taken at the first send, given back when the block ends)."""
+        app's pool (taken at the first send, given back when the block ends). Not with a
+        pool of a single producer (``broker_pool_limit=1``): other threads' sends (re-sends,
+        durable hand-offs) would wait for it as long as the block lasts."""
+        if self.app.conf.broker_pool_limit == 1:
+            yield
+            return
         stack = ExitStack()
         self._held.stack = stack
         self._held.producer = None

@@ -237,3 +237,15 @@ def test_a_failed_send_gives_the_held_producer_back(app: PersistenceApp) -> None
             assert len(released) == 1
         assert len(released) == 2  # and given back when the block ends
     assert _queued(app) == [{"i": 0}, {"i": 2}]
+
+
+@pytest.mark.timeout(60)  # held, the one producer (and connection) would never come back
+def test_a_pool_of_one_producer_is_never_held(app: PersistenceApp) -> None:
+    app.conf.broker_pool_limit = 1
+    sender = TaskSender(app, app.settings.queue, {"max_retries": 0}, timeout=3.0)
+    with sender.holding_producer():
+        sender.send(SAVE_TASK, {"i": 0}, "{...}")
+        with app.producer_or_acquire() as producer:  # another thread could take it
+            assert producer is not None
+        sender.send(SAVE_TASK, {"i": 1}, "{...}")
+    assert _queued(app) == [{"i": 0}, {"i": 1}]
