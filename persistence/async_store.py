@@ -33,7 +33,7 @@ from agents_persistence.redis_ops import (
     Pipeline,
     Request,
     SlotMoved,
-    first_key,
+    by_node,
     waited,
     waited_commands,
 )
@@ -151,10 +151,8 @@ class AsyncRedisCheckpointer(RedisStoreBase[aredis.Redis]):
         await self._run("ping", self._ops.ping())
 
     # -- the driver -----------------------------------------------------------------------------
-    def _node_client(self, key: bytes | str) -> aredis.Redis:
-        """A client of the cluster node serving ``key``'s slot (one per node, kept)."""
-        cluster: Any = self.client
-        node = cluster.get_node_from_key(key)
+    def _node_client(self, node: Any) -> aredis.Redis:
+        """A client of one cluster node (one per node, kept until :meth:`aclose`)."""
         clients: dict[str, aredis.Redis] = self.__dict__.setdefault("_node_clients", {})
         client = clients.get(node.name)
         if client is None:
@@ -164,20 +162,29 @@ class AsyncRedisCheckpointer(RedisStoreBase[aredis.Redis]):
             client = clients[node.name] = aredis.Redis.from_pool(pool)
         return client
 
-    async def _send_waited(self, request: Pipeline) -> Any:
-        """``request`` then ``WAIT`` in one round trip on one connection (on a cluster, to
-        the node serving its slot; the slot map is refreshed when that fails)."""
-        target = self._node_client(first_key(request)) if self._ops.cluster else self.client
-        pipe = target.pipeline(transaction=False)
-        for args in waited_commands(request):
-            pipe.execute_command(*args)
-        try:
+    async def _send_pinned(self, request: Pipeline) -> Any:
+        """``request`` (then ``WAIT``, if it asks) as plain pipelines on one connection per
+        node (see :meth:`RedisCheckpointer._send_pinned`)."""
+        if not self._ops.cluster:
+            pipe = self.client.pipeline(transaction=False)
+            for args in waited_commands(request):
+                pipe.execute_command(*args)
             return waited(request, await pipe.execute(raise_on_error=False))
+        cluster: Any = self.client
+        replies: list[Any] = [None] * len(request.commands)
+        try:
+            for node, part, where in by_node(request, cluster.get_node_from_key):
+                pipe = self._node_client(node).pipeline(transaction=False)
+                for args in waited_commands(part):
+                    pipe.execute_command(*args)
+                got = waited(part, await pipe.execute(raise_on_error=False))
+                for i, reply in zip(where, got, strict=True):
+                    replies[i] = reply
         except (rex.ConnectionError, rex.TimeoutError, SlotMoved):
-            if self._ops.cluster:
-                with contextlib.suppress(Exception):  # the retry refreshes again if need be
-                    await cast(Any, self.client).nodes_manager.initialize()
+            with contextlib.suppress(Exception):  # the retry refreshes again if need be
+                await cluster.nodes_manager.initialize()
             raise
+        return replies
 
     async def _run(self, what: str, op: Op[T]) -> T:
         """Run an operation, each of its requests awaited through the retry policy (after
@@ -198,8 +205,8 @@ class AsyncRedisCheckpointer(RedisStoreBase[aredis.Redis]):
     async def _send(self, request: Request) -> Any:
         if isinstance(request, Command):
             return await self.client.execute_command(*request.args)  # type: ignore[no-untyped-call]
-        if request.wait is not None:
-            return await self._send_waited(request)
+        if request.wait is not None or self._ops.cluster:
+            return await self._send_pinned(request)
         pipe = self.client.pipeline(transaction=request.transaction)
         for args in request.commands:
             pipe.execute_command(*args)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Generic, NoReturn, TypeVar, cast
 
 import redis.exceptions as rex
@@ -144,13 +144,15 @@ class SlotMoved(rex.TryAgainError):
 
 
 def waited_commands(request: Pipeline) -> list[tuple[Any, ...]]:
-    """What a driver sends for ``request`` (which has ``wait``) in one non-transactional
-    pipeline on one connection: ``[MULTI,] commands [, EXEC], WAIT replicas timeout``."""
-    assert request.wait is not None
+    """What a driver sends for ``request`` in one non-transactional pipeline on one
+    connection (a node's, on a cluster): ``[MULTI,] commands [, EXEC] [, WAIT replicas
+    timeout]``."""
     commands = list(request.commands)
     if request.transaction:
         commands = [("MULTI",), *commands, ("EXEC",)]
-    return [*commands, ("WAIT", *request.wait)]
+    if request.wait is not None:
+        commands.append(("WAIT", *request.wait))
+    return commands
 
 
 def waited(request: Pipeline, replies: list[Any]) -> list[Any]:
@@ -158,28 +160,50 @@ def waited(request: Pipeline, replies: list[Any]) -> list[Any]:
     :func:`waited_commands`; raises what :meth:`Pipeline.check` raises, the first error with
     ``raise_on_error``, :class:`SlotMoved`, or :class:`AcksMissing` if ``WAIT`` counted
     fewer replicas than required."""
-    assert request.wait is not None
     if any(isinstance(r, (rex.MovedError, rex.AskError, rex.ClusterDownError)) for r in replies):
         raise SlotMoved("the slot moved to another node")
-    acks = replies[-1]
+    replies = list(replies)
+    acks: Any = replies.pop() if request.wait is not None else None
     if request.transaction:
-        results = replies[-2]
+        results = replies[-1]
         if isinstance(results, Exception):  # EXECABORT: a command was refused when queued
-            errors = [r for r in replies[1:-2] if isinstance(r, Exception)]
+            errors = [r for r in replies[1:-1] if isinstance(r, Exception)]
             raise errors[0] if errors else results
         results = list(results)
     else:
-        results = replies[:-1]
+        results = replies
     Pipeline.check(results)
     if request.raise_on_error:
         for reply in results:
             if isinstance(reply, Exception):
                 raise reply
-    if isinstance(acks, Exception):
-        raise acks
-    if int(acks) < request.wait[0]:
-        raise AcksMissing(int(acks), request.wait[0])
+    if request.wait is not None:
+        if isinstance(acks, Exception):
+            raise acks
+        if int(acks) < request.wait[0]:
+            raise AcksMissing(int(acks), request.wait[0])
     return results
+
+
+def by_node(
+    request: Pipeline, node_of: Callable[[bytes | str], T]
+) -> list[tuple[T, Pipeline, list[int]]]:
+    """``request`` split into one request per cluster node (``node_of(key)``, by each
+    command's first key), with the positions of its commands in ``request``; a
+    transaction is one slot, hence one node, and stays whole."""
+    if request.transaction:
+        return [(node_of(first_key(request)), request, list(range(len(request.commands))))]
+    groups: dict[str, tuple[T, list[int]]] = {}
+    for i, args in enumerate(request.commands):
+        node = node_of(first_key(Command(args)))
+        groups.setdefault(str(getattr(node, "name", id(node))), (node, []))[1].append(i)
+    if len(groups) == 1:
+        ((node, where),) = groups.values()
+        return [(node, request, where)]
+    return [
+        (node, replace(request, commands=tuple(request.commands[i] for i in where)), where)
+        for node, where in groups.values()
+    ]
 
 
 def first_key(request: Request) -> bytes | str:

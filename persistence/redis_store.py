@@ -38,7 +38,7 @@ from agents_persistence.redis_ops import (
     Pipeline,
     Request,
     SlotMoved,
-    first_key,
+    by_node,
     waited,
     waited_commands,
 )
@@ -76,37 +76,6 @@ class RedisCheckpointer(RedisStoreBase[redis.Redis], RedisAdmin, BaseCheckpointe
             self._resolve()
         return self._ops.keys
 
-    def _send_waited(self, request: Pipeline) -> Any:
-        """``request`` then ``WAIT`` in one round trip on one connection: on a cluster, a
-        connection to the node serving the request's slot (its slot map refreshed when that
-        node is gone or the slot moved)."""
-        target: Any = self.client
-        if self._ops.cluster:
-            cluster: Any = self.client
-            target = cluster.get_redis_connection(cluster.get_node_from_key(first_key(request)))
-        pipe = target.pipeline(transaction=False)
-        for args in waited_commands(request):
-            pipe.execute_command(*args)
-        try:
-            return waited(request, pipe.execute(raise_on_error=False))
-        except (rex.ConnectionError, rex.TimeoutError, SlotMoved):
-            if self._ops.cluster:
-                with contextlib.suppress(Exception):  # the retry refreshes again if need be
-                    cast(Any, self.client).nodes_manager.initialize()
-            raise
-
-    def _forget_layout(self) -> None:
-        self._ops.resolved = False
-
-    def _resolve(self, what: str = "layout") -> None:
-        exchange = Exchange(self._ops.resolve())
-        for request in exchange:
-            try:
-                exchange.reply(self.retry.call(what, self._send, request))
-            except Exception as exc:
-                exchange.fail(exc)
-
-    # -- writes ---------------------------------------------------------------------------------
     def save_many(self, saves: Sequence[PreparedSave]) -> list[WriteResult | Exception]:
         """Apply many prepared saves, in transactions of at most :data:`CHUNK_SAVES` saves
         and :data:`CHUNK_BYTES` bytes each (one round trip each), so no single ``EXEC``
@@ -161,9 +130,47 @@ class RedisCheckpointer(RedisStoreBase[redis.Redis], RedisAdmin, BaseCheckpointe
     def _send(self, request: Request) -> Any:
         if isinstance(request, Command):
             return self.client.execute_command(*request.args)  # type: ignore[no-untyped-call]
-        if request.wait is not None:
-            return self._send_waited(request)
+        if request.wait is not None or self._ops.cluster:
+            return self._send_pinned(request)
         pipe = self.client.pipeline(transaction=request.transaction)
         for args in request.commands:
             pipe.execute_command(*args)  # type: ignore[no-untyped-call]
         return request.check(pipe.execute(raise_on_error=request.raise_on_error))
+
+    def _send_pinned(self, request: Pipeline) -> Any:
+        """``request`` (then ``WAIT``, if it asks) as plain pipelines on one connection per
+        node: ``[MULTI ... EXEC] [WAIT]``. On a cluster, one pipeline per node serving the
+        commands' slots (redis-py's cluster pipeline costs several times more), the slot map
+        refreshed when a node is gone or a slot moved (the retry then resends it all)."""
+        if not self._ops.cluster:
+            pipe = self.client.pipeline(transaction=False)
+            for args in waited_commands(request):
+                pipe.execute_command(*args)  # type: ignore[no-untyped-call]
+            return waited(request, pipe.execute(raise_on_error=False))
+        cluster: Any = self.client
+        replies: list[Any] = [None] * len(request.commands)
+        try:
+            for node, part, where in by_node(request, cluster.get_node_from_key):
+                pipe = cluster.get_redis_connection(node).pipeline(transaction=False)
+                for args in waited_commands(part):
+                    pipe.execute_command(*args)
+                for i, reply in zip(
+                    where, waited(part, pipe.execute(raise_on_error=False)), strict=True
+                ):
+                    replies[i] = reply
+        except (rex.ConnectionError, rex.TimeoutError, SlotMoved):
+            with contextlib.suppress(Exception):  # the retry refreshes again if need be
+                cluster.nodes_manager.initialize()
+            raise
+        return replies
+
+    def _forget_layout(self) -> None:
+        self._ops.resolved = False
+
+    def _resolve(self, what: str = "layout") -> None:
+        exchange = Exchange(self._ops.resolve())
+        for request in exchange:
+            try:
+                exchange.reply(self.retry.call(what, self._send, request))
+            except Exception as exc:
+                exchange.fail(exc)

@@ -51,6 +51,26 @@ def _b(key: Any) -> bytes:
     return key if isinstance(key, bytes) else str(key).encode()
 
 
+class _Node:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class _ThreeNodeFake(fakeredis.FakeRedis):
+    """fakeredis answering as a cluster client's routing would: three nodes by slot
+    range, each reached through the same fake server (so the store's per-node
+    pipelines run)."""
+
+    nodes_manager = None
+
+    def get_node_from_key(self, key: bytes | str) -> _Node:
+        slot = key_slot(key.encode() if isinstance(key, str) else key)
+        return _Node(f"node-{slot * 3 // 16384}")
+
+    def get_redis_connection(self, node: _Node) -> fakeredis.FakeRedis:
+        return self
+
+
 class _SlotCheckingStore(RedisCheckpointer):
     """A store in cluster mode over fakeredis that checks every request's slots first."""
 
@@ -68,7 +88,7 @@ class _SlotCheckingStore(RedisCheckpointer):
 
 
 def test_no_request_spans_two_slots_in_cluster_mode() -> None:
-    store = _SlotCheckingStore(fakeredis.FakeRedis(), namespace="ns", ttl=60)
+    store = _SlotCheckingStore(_ThreeNodeFake(), namespace="ns", ttl=60)
     store.requests = []
     store._ops.cluster = True  # as with a RedisCluster client
     small = AgentStateSnapshot(scratchpad={"n": 1})
