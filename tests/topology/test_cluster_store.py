@@ -4,9 +4,11 @@ one node per save and per load, the single-index layout refused with a typed err
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+import redis
 from agents_persistence import AgentStateSnapshot, AsyncRedisCheckpointer, RedisCheckpointer
 from agents_persistence.errors import LegacyLayout
 from agents_persistence.tasks.devtools.topologies import RedisClusterTopology
@@ -149,3 +151,30 @@ def test_the_langgraph_saver_takes_cluster_and_sentinel_urls(
         assert got.checkpoint["id"] == checkpoint["id"]
     finally:
         saver.close()
+
+
+def test_a_cluster_with_a_password_and_an_acl_user_never_prints_them(
+    own_cluster: Callable[..., RedisClusterTopology],
+) -> None:
+    cluster = own_cluster(password="cluster-pw-7731")
+    for node in cluster.nodes:  # an ACL user on every node
+        node.client(password="cluster-pw-7731").acl_setuser(
+            "agent", enabled=True, passwords=["+agent-pw-5519"], keys=["*"], commands=["+@all"]
+        )
+    assert "cluster-pw-7731" in cluster.url
+    user_url = cluster.url.replace(":cluster-pw-7731@", "agent:agent-pw-5519@")
+    for url in (cluster.url, user_url):
+        store = RedisCheckpointer.from_url(url, namespace=unique_namespace())
+        try:
+            assert store.save_state("t", _state(1), version=1).written
+            assert store.load_state("t") == _state(1)
+            assert "pw" not in repr(store)
+        finally:
+            store.close()
+    # a cluster client reads the slot map when it is built: a wrong password fails there
+    with pytest.raises((redis.RedisError, redis.exceptions.RedisClusterException)) as caught:
+        RedisCheckpointer.from_url(
+            cluster.url.replace("cluster-pw-7731", "wrong-pw-0042"), namespace="n"
+        )
+    assert "wrong-pw-0042" not in str(caught.value)
+    assert "wrong-pw-0042" not in repr(caught.value)
