@@ -28,7 +28,7 @@ import redis.asyncio.sentinel as asentinel
 import redis.cluster
 import redis.sentinel
 from agents_persistence.config.urls import redact_url
-from agents_persistence.errors import StoreMisconfigured
+from agents_persistence.errors import StoreMisconfigured, StoreUnavailable
 from redis.connection import parse_url
 
 __all__ = [
@@ -212,14 +212,26 @@ def _sentinel_kwargs(parsed: StoreURL, options: dict[str, Any]) -> dict[str, Any
 
 def blocking_client(url: str, **options: Any) -> redis.Redis | redis.cluster.RedisCluster:
     """A blocking redis-py client for any store URL; ``options`` (timeouts, ``retry``...)
-    apply to every data node's connections (query options of the URL win)."""
+    apply to every data node's connections (query options of the URL win).
+
+    Raises:
+        InvalidStoreURL: the URL cannot be used.
+        StoreUnavailable: a cluster none of whose seed nodes answered (or accepted the
+            credentials): redis-py's cluster client connects when it is built.
+    """
     parsed = parse_store_url(url)
     if parsed.kind == "single":
         return redis.Redis.from_url(url, **options)
     merged = {**options, **parsed.options}
     if parsed.kind == "cluster":
         nodes = [redis.cluster.ClusterNode(h, p) for h, p in parsed.nodes]  # type: ignore[no-untyped-call]
-        return redis.cluster.RedisCluster(startup_nodes=nodes, **merged)
+        try:  # redis-py's cluster client reads the slot map here, not at the first command
+            return redis.cluster.RedisCluster(startup_nodes=nodes, **merged)
+        except (redis.exceptions.RedisClusterException, redis.RedisError) as exc:
+            raise StoreUnavailable(
+                f"no node of the Redis Cluster {parsed.redacted} answered with its slot map "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
     sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
         list(parsed.nodes), sentinel_kwargs=_sentinel_kwargs(parsed, merged), **merged
     )
