@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
-from functools import cache
+from functools import lru_cache
 
 from agents_persistence.validation import check_namespace
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
@@ -58,7 +58,7 @@ MAX_SHARDS = 1024
 SINGLE = 0
 
 
-@cache
+@lru_cache(maxsize=4096)
 def _shard_tags(namespace: str, shards: int) -> tuple[str, ...]:
     """Hash tags (without braces) of the shards: ``ns:i``, or ``ns:i.<n>`` with the smallest
     ``n`` whose slot lies in the ``i``-th ``1/shards`` of the slot space."""
