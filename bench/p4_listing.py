@@ -1,8 +1,8 @@
 """P4: listing and cleanup with 10k and with 1M threads in the index.
 
-The index (sorted set scored by expiry) is filled directly with pipelined ``ZADD``s in a
-private ``redis-server``: listing and cleanup read only the index, so the records
-themselves are left out. Each size holds N live threads plus 10k expired ones.
+The index (16 sorted sets scored by expiry, the sharded layout) is filled directly with
+pipelined ``ZADD``s in a private ``redis-server``: listing and cleanup read only the index,
+so the records themselves are left out. Each size holds N live threads plus 10k expired ones.
 
 - first page: the first 500 ids from ``iter_threads(page_size=500)``.
 - full iteration: every live id from ``iter_threads()``, counted, not kept.
@@ -36,20 +36,26 @@ _PAGE = 500
 def _fill(url: str, namespace: str, live: int, expired: int, tag: str) -> None:
     """Plant ``live`` + ``expired`` index entries directly (saving 1M threads would take
     minutes and measure nothing P4 is about)."""
-    client, index = redis.Redis.from_url(url), Keys(namespace).index
+    client, keys = redis.Redis.from_url(url), Keys(namespace)  # the sharded layout
     now_ms = int(time.time() * 1000)
     future, past = now_ms + 86_400_000, now_ms - 60_000
     chunk = 10_000
+
+    def plant(entries: dict[str, float]) -> None:  # each entry into its thread's shard
+        shards: dict[str, dict[str, float]] = {}
+        for tid, score in entries.items():
+            shards.setdefault(keys.index_of(keys.shard(tid)), {})[tid] = score
+        for index, part in shards.items():
+            pipe.zadd(index, part)
+
     pipe = client.pipeline(transaction=False)
     for start in range(0, live, chunk):
-        pipe.zadd(
-            index, {f"thread-{i:09d}": future for i in range(start, min(live, start + chunk))}
-        )
-        if len(pipe) >= 10:
+        plant({f"thread-{i:09d}": future for i in range(start, min(live, start + chunk))})
+        if len(pipe) >= 160:
             pipe.execute()
     for start in range(0, expired, chunk):
         stop = min(expired, start + chunk)
-        pipe.zadd(index, {f"gone-{tag}-{i:09d}": past - i for i in range(start, stop)})
+        plant({f"gone-{tag}-{i:09d}": past - i for i in range(start, stop)})
     pipe.execute()
     client.close()
 

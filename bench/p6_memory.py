@@ -63,7 +63,9 @@ def run(ctx: Context) -> Section:
             keys = [layout.thread(f"t{i}") for i in range(count)]
             used = [int(client.memory_usage(k, samples=0) or 0) for k in keys]
             stored = [int(client.strlen(k)) for k in keys]
-            index = int(client.memory_usage(layout.index, samples=0) or 0) / count
+            index = (
+                sum(int(client.memory_usage(k, samples=0) or 0) for k in layout.index_keys) / count
+            )
             per = sum(used) / count + index
             times.sort()
             sec.add(**{
