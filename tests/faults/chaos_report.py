@@ -22,7 +22,12 @@ from dataclasses import dataclass, field
 from typing import cast
 
 import redis
-from agents_persistence import PersistenceError, RedisCheckpointer, VersionClock
+from agents_persistence import (
+    HandOffError,
+    PersistenceError,
+    RedisCheckpointer,
+    VersionClock,
+)
 from agents_persistence.tasks import CeleryCheckpointer
 from agents_persistence.tasks.broker.redis_transport import INFLIGHT_REGISTRY
 from rich.console import Console
@@ -314,6 +319,19 @@ def find_resurrected(ledger: Ledger, store: RedisCheckpointer) -> tuple[list[str
     return back, failed_stored
 
 
+def _hand_off_probe(client: CeleryCheckpointer, tid: str, version: int) -> None:
+    """Hand off one probe save. A buffered client reports, on the next call, a publish that
+    failed during the faults (it kept that batch and published it later; the save that raised
+    was not taken): hand the probe off again, up to three times."""
+    for attempt in range(3):
+        try:
+            client.save_state(tid, snapshot_for(tid, version), version=version)
+            return
+        except HandOffError:
+            if attempt == 2:
+                raise
+
+
 def probe_workers(
     fleet: Fleet, clients: list[CeleryCheckpointer], clock: VersionClock, timeout: float
 ) -> tuple[int, int, float]:
@@ -323,7 +341,7 @@ def probe_workers(
     for c, client in enumerate(clients):
         for n in range(4):
             tid, version = f"probe-{c}-{n}-{uuid.uuid4().hex[:6]}", clock.next()
-            client.save_state(tid, snapshot_for(tid, version), version=version)
+            _hand_off_probe(client, tid, version)
             want[tid] = version
     stored = 0
     while time.monotonic() - began < timeout:
