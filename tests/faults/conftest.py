@@ -138,8 +138,15 @@ class Fleet:
         """(queued, unacked) messages in the Redis broker; queued counts what sits in
         consumers' in-flight lists too (taken off the queue, not yet recorded)."""
         raw = self.broker_client()
-        inflight = sum(int(raw.llen(k)) for k in raw.hkeys(INFLIGHT_REGISTRY))
-        return int(raw.llen(self.queue)) + inflight, int(raw.hlen("unacked"))
+        deadline = time.monotonic() + 60
+        while True:  # a broker just restarted answers LOADING until its AOF is read
+            try:
+                inflight = sum(int(raw.llen(k)) for k in raw.hkeys(INFLIGHT_REGISTRY))
+                return int(raw.llen(self.queue)) + inflight, int(raw.hlen("unacked"))
+            except redis.BusyLoadingError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
     def dead_letters(self) -> int:
         """Entries in the namespace's dead-letter list."""
