@@ -30,8 +30,10 @@ does not know the namespace or the store: the worker's consumer installs
 ``Transport.on_unparsable`` (see :mod:`agents_persistence.tasks.worker.consumer`), and each
 record is handed to it oldest first and removed once it returned, so it ends as a dead letter
 of the namespace; without a hook, or while the hook fails, records wait in the bounded list
-(:data:`UNPARSABLE_MAX`). Compressed bodies (a ``compression`` header) are set aside the same
-way before kombu would decompress them: the layer never compresses.
+(:data:`UNPARSABLE_MAX`). Bodies compressed with anything but the layer's zstd (a
+``compression`` header) are set aside the same way before kombu would decompress them; zstd
+bodies inflate only within the bound of
+:mod:`agents_persistence.tasks.protocol.compression`.
 
 A channel whose connection kombu has already given up (a broker restart noticed first on the
 remote-control channel) reports a connection error when asked for a new connection pool,
