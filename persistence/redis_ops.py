@@ -12,10 +12,10 @@ through the store's retry policy (a request is idempotent: a pipeline is resent 
 
 from __future__ import annotations
 
-import heapq
-from collections import deque
+import bisect
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, replace
+from itertools import repeat
 from typing import Any, Generic, NoReturn, TypeVar, cast
 
 import redis.exceptions as rex
@@ -601,11 +601,11 @@ class Pages:
 
     Each page starts afresh from the cursors (so nothing deleted before its page is
     returned, and a thread saved again meanwhile comes round again, as on one index): every
-    shard is fetched in one request, about
-    ``1.5 * page_size / shards`` entries each (a shard that runs dry before the page is full
-    is fetched again), and an entry is returned only once every unfinished shard has one
-    buffered, so the merge is in order. What was fetched and not returned is dropped at the
-    end of the page: memory stays within a few pages. A short page is the last.
+    shard is fetched in one request, about ``1.5 * page_size / shards`` entries each. The
+    fetched entries are sorted together and returned up to the first entry not fetched yet
+    of a shard that has more (so the merge is in order); the shard that bounds it is fetched
+    again if the page is not full. What was fetched and not returned is dropped at the end
+    of the page: memory stays within a few pages. A short page is the last.
 
     Raises:
         InvalidInput: ``page_size`` is not an int in 1 .. the largest page.
@@ -622,42 +622,38 @@ class Pages:
             self._shards = [_Shard(key) for key in self._ops.keys.index_keys]
         shards, size = self._shards, self.page_size
         chunk = min(size, size * 3 // (2 * len(shards)) + 8)
-        buffers: dict[int, deque[tuple[float, bytes, bytes]]] = {}
-        ends: dict[int, tuple[bytes, bytes]] = {}  # where each shard's next fetch starts
+        ends = [(shard.cursor, shard.score) for shard in shards]  # where the next fetch starts
         more: set[int] = set()  # shards that may hold entries beyond what was fetched
-        heap: list[tuple[float, bytes, int]] = []
+        pending: list[tuple[float, bytes, int, bytes]] = []  # fetched, not returned, in order
+        left = [0] * len(shards)  # pending entries of each shard
         starved = list(range(len(shards)))
-        for i in starved:
-            buffers[i], ends[i] = deque(), (shards[i].cursor, shards[i].score)
         out: list[bytes] = []
-        while len(out) < size:
-            if starved:
-                replies = yield from self._fetch(
-                    [(shards[i].key, *ends[i]) for i in starved], chunk
-                )
-                for i, flat in zip(starved, replies, strict=True):
-                    buffer = buffers[i]
-                    for j in range(0, len(flat), 2):
-                        buffer.append((float(flat[j + 1]), flat[j], flat[j + 1]))
-                    if len(flat) == 2 * chunk:
-                        more.add(i)
-                        ends[i] = (flat[-2], flat[-1])
-                    else:
-                        more.discard(i)
-                    if buffer:
-                        heapq.heappush(heap, (buffer[0][0], buffer[0][1], i))
-                starved = []
-            if not heap:
+        while starved:
+            replies = yield from self._fetch([(shards[i].key, *ends[i]) for i in starved], chunk)
+            for i, flat in zip(starved, replies, strict=True):
+                scores = flat[1::2]
+                pending.extend(zip(map(float, scores), flat[0::2], repeat(i), scores))
+                left[i] += len(scores)
+                if len(flat) == 2 * chunk:
+                    more.add(i)
+                    ends[i] = (flat[-2], flat[-1])
+                else:
+                    more.discard(i)
+            pending.sort()
+            # Only entries up to the first unfetched one of a shard with more are in order.
+            cut = len(pending)
+            if more:
+                bound = min((float(ends[i][1]), ends[i][0]) for i in more)
+                cut = bisect.bisect_right(pending, (*bound, len(shards), b""))
+            taken = pending[: min(cut, size - len(out))]
+            del pending[: len(taken)]
+            for _, thread_id, i, score in taken:
+                shards[i].cursor, shards[i].score = thread_id, score
+                left[i] -= 1
+                out.append(thread_id)
+            if len(out) >= size:
                 break
-            _, thread_id, i = heapq.heappop(heap)
-            buffer = buffers[i]
-            _, _, score = buffer.popleft()
-            out.append(thread_id)
-            shards[i].cursor, shards[i].score = thread_id, score
-            if buffer:
-                heapq.heappush(heap, (buffer[0][0], buffer[0][1], i))
-            elif i in more:
-                starved.append(i)
+            starved = [i for i in sorted(more) if not left[i]]  # the bound's shard ran dry
         self.done = len(out) < size
         return [tid.decode("utf-8", "replace") for tid in out]
 
