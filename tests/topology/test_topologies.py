@@ -128,3 +128,21 @@ def test_store_urls_parse_nodes_credentials_and_tls() -> None:
     assert sentinel.options["socket_timeout"] == 3.0
     assert "spw" not in sentinel.redacted
     assert "pw@" not in sentinel.redacted
+
+
+@pytest.mark.parametrize("missing", ["redis-server", "redis-cli"])
+def test_missing_binaries_fail_under_ci_and_skip_locally(
+    monkeypatch: pytest.MonkeyPatch, missing: str
+) -> None:
+    from tests.support import topologies
+
+    if missing == "redis-server":
+        monkeypatch.setattr(topologies, "find_redis_server", lambda: None)
+    else:
+        monkeypatch.setattr(topologies, "find_redis_cli", lambda: None)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=f"no {missing}.*CI=true"):
+        topologies.require_topology_binaries()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match=f"no {missing}"):
+        topologies.require_topology_binaries()
