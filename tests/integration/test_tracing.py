@@ -46,7 +46,9 @@ def agent_spans() -> Iterator[InMemorySpanExporter]:
 def worker_spans(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    # Only whole lines: the worker may be writing the next one as this reads.
+    *lines, _partial = path.read_text().split("\n")
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 def test_the_workers_write_span_is_in_the_agents_trace(
@@ -82,8 +84,14 @@ def test_the_workers_write_span_is_in_the_agents_trace(
         agent = agent_traces[write["trace_id"]]
         assert agent.attributes is not None
         assert agent.attributes["agents_persistence.thread_id"] == thread
-    # The worker's task span (Celery instrumentation) sits between the two.
-    by_id = {s["span_id"]: s for s in worker_spans(spans_file)}
+    # The worker's task span (Celery instrumentation) sits between the two. It ends (and is
+    # exported) after the write span inside it: wait until both parents are in the file.
+    by_id: dict[str, dict[str, Any]] = {}
+    while time.monotonic() < deadline:
+        by_id = {s["span_id"]: s for s in worker_spans(spans_file)}
+        if all(write["parent_id"] in by_id for write in writes):
+            break
+        time.sleep(0.1)
     for write in writes:
         parent = by_id.get(write["parent_id"])
         assert parent is not None
