@@ -141,20 +141,28 @@ def test_worker_log_and_output_never_show_the_password(
         client.save_state("a", sample_state("a"), version=1).wait(20)
         store_server.pause()
         client.save_state("b", sample_state("b"), version=1)
-        time.sleep(3.0)  # the save fails, retries, logs
+        worker.wait_for_log("retry: Retry in", timeout=60)  # the save fails, retries, logs
         store_server.resume()
         broker_server.restart()
-        client.save_state("c", sample_state("c"), version=1)
+        client.save_state("c", sample_state("c"), version=1).wait(60)
         client.flush(60)
     assert worker.log_count("Connected to ") >= 2  # reconnected after the restart
-    assert worker.log_count("retry") > 0
+    assert worker.log_count("retry: Retry in") > 0
     assert_clean(worker.log_text(), "the worker's log")
     assert_clean(worker.output_path.read_text("utf-8", "replace"), "the worker's output")
     if log_format == "json":
-        lines = [json.loads(line) for line in worker.log_text().splitlines() if line.strip()]
+        # The task's success line follows the write the client saw durable: wait for it.
+        deadline = time.monotonic() + 60
+        while True:
+            text = worker.log_text()
+            *whole, _partial = text.split("\n")  # the worker may be writing the next line
+            lines = [json.loads(line) for line in whole if line.strip()]
+            stored = [line for line in lines if line.get("outcome") == "written"]
+            if {line.get("thread_id") for line in stored} >= {"a", "c"}:
+                break
+            assert time.monotonic() < deadline, f"no 'written' lines for a and c: {stored}"
+            time.sleep(0.1)
         assert all(isinstance(line, dict) and "message" in line for line in lines)
-        stored = [line for line in lines if line.get("outcome") == "written"]
-        assert {line.get("thread_id") for line in stored} >= {"a", "c"}
         assert all(line["version"] == 1 for line in stored)
     store.close()
 
