@@ -58,6 +58,26 @@ class RedisAdmin:
             return {}
         return dict(info)
 
+    def primary_infos(self) -> dict[str, dict[str, object]]:
+        """Redis ``INFO`` of every primary the store writes to: a cluster's every primary by
+        ``host:port`` (:meth:`server_info` reads one node), else one entry, ``server`` (the
+        single server, or the primary Sentinel names). Empty from a server without INFO."""
+        client = self.client
+        if not is_cluster(client):
+            info = self.server_info()
+            if not info:
+                return {}
+            return {"server": info}
+
+        def read() -> dict[str, dict[str, object]]:
+            cluster: Any = client
+            return {
+                node.name: dict(cluster.info(target_nodes=node))
+                for node in cluster.get_primaries()
+            }
+
+        return self.retry.call("info", read)
+
     def ping(self) -> None:
         """Return once the server answers PING (within the retry policy)."""
         self.retry.call("ping", self.client.ping)

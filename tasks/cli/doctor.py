@@ -48,9 +48,9 @@ def run_checks(
     reachable = _store_reachable(settings, store)
     yield reachable
     if reachable.ok:
-        info: dict[str, Any] = dict(store.client.info())
-        yield _eviction(info)
-        yield _persistence(info)
+        infos = store.primary_infos()  # a cluster's every primary, else the one server
+        yield _eviction(infos)
+        yield _persistence(infos)
     broker = _broker(app, timeout)
     yield broker
     if broker.ok:
@@ -77,33 +77,50 @@ def _store_reachable(settings: Settings, store: RedisCheckpointer) -> Check:
     return Check("store reachable", True, f"{url}: Redis {version}")
 
 
-def _eviction(info: dict[str, Any]) -> Check:
-    policy = str(info.get("maxmemory_policy", "?"))
-    ok = policy == "noeviction"
+def _where(infos: dict[str, dict[str, Any]], found: dict[str, str]) -> str:
+    """``found`` (node -> what it says) as a detail: the one value of a single server, the
+    shared value of every primary of a cluster, or each primary's."""
+    if len(infos) <= 1:
+        return next(iter(found.values()), "?")
+    values = set(found.values())
+    if len(values) == 1:
+        return f"{values.pop()} (each of {len(infos)} primaries)"
+    return "; ".join(f"{node}: {value}" for node, value in sorted(found.items()))
+
+
+def _eviction(infos: dict[str, dict[str, Any]]) -> Check:
+    policies = {node: str(info.get("maxmemory_policy", "?")) for node, info in infos.items()}
+    ok = bool(policies) and all(policy == "noeviction" for policy in policies.values())
     return Check(
         "maxmemory-policy",
         ok,
-        f"maxmemory-policy is {policy}",
+        f"maxmemory-policy is {_where(infos, policies)}",
         ""
         if ok
-        else "redis-cli CONFIG SET maxmemory-policy noeviction (and in redis.conf): any "
-        "other policy lets Redis evict agent state and queued hand-offs under memory pressure",
+        else "redis-cli CONFIG SET maxmemory-policy noeviction (and in redis.conf; on every "
+        "primary of a cluster): any other policy lets Redis evict agent state and queued "
+        "hand-offs under memory pressure",
     )
 
 
-def _persistence(info: dict[str, Any]) -> Check:
-    aof = str(info.get("aof_enabled", "0")) == "1"
-    replicas = int(info.get("connected_slaves", 0) or 0)
-    role = str(info.get("role", "?"))
-    ok = aof or replicas > 0 or role == "slave"
+def _persistence(infos: dict[str, dict[str, Any]]) -> Check:
+    found, ok = {}, bool(infos)
+    for node, info in infos.items():
+        aof = str(info.get("aof_enabled", "0")) == "1"
+        replicas = int(info.get("connected_slaves", 0) or 0)
+        role = str(info.get("role", "?"))
+        ok = ok and (aof or replicas > 0 or role == "slave")
+        found[node] = (
+            f"appendonly {'yes' if aof else 'no'}, role {role}, {replicas} connected replica(s)"
+        )
     return Check(
         "persistence",
         ok,
-        f"appendonly {'yes' if aof else 'no'}, role {role}, {replicas} connected replica(s)",
+        _where(infos, found),
         ""
         if ok
         else "redis-cli CONFIG SET appendonly yes (and appendonly yes in redis.conf), or run "
-        "a replica: without either, a restart loses "
+        "a replica (of every primary of a cluster): without either, a restart loses "
         "acknowledged saves and queued hand-offs",
     )
 

@@ -161,19 +161,37 @@ def stats(
         ("dead letters", str(obj.dead_letters.count())),
         ("keys in namespace", str(keys)),
     ]
-    info = store.server_info()
-    if info:
-        rows += [
-            ("redis version", str(info.get("redis_version", "?"))),
-            ("redis memory", str(info.get("used_memory_human", "?"))),
-            ("maxmemory-policy", str(info.get("maxmemory_policy", "?"))),
-            ("aof_enabled", str(info.get("aof_enabled", "?"))),
-        ]
+    infos = store.primary_infos()  # a cluster's every primary, else the one server
+    if infos:
+        rows += _server_rows(list(infos.values()))
     else:  # a server without INFO (fakeredis)
         rows.append(("redis memory", "n/a (INFO not supported)"))
     for name, value in rows:
         table.add_row(name, escape(value))
     obj.console.print(table)
+
+
+def _server_rows(infos: list[dict[str, object]]) -> list[tuple[str, str]]:
+    """What the store's primaries say about themselves: one server's figures, or a
+    cluster's primaries with their memory summed and differing settings listed."""
+
+    def said(field: str) -> str:
+        return ", ".join(sorted({str(info.get(field, "?")) for info in infos}))
+
+    if len(infos) == 1:
+        memory = str(infos[0].get("used_memory_human", "?"))
+    else:
+        used = [int(str(info.get("used_memory", 0))) for info in infos]
+        total, largest = sum(used) / 2**20, max(used) / 2**20
+        memory = f"{total:.2f}M on {len(infos)} primaries (largest {largest:.2f}M)"
+    rows = [("primaries", str(len(infos)))] if len(infos) > 1 else []
+    return [
+        *rows,
+        ("redis version", said("redis_version")),
+        ("redis memory", memory),
+        ("maxmemory-policy", said("maxmemory_policy")),
+        ("aof_enabled", said("aof_enabled")),
+    ]
 
 
 @main.group("dead-letters", cls=click.Group)

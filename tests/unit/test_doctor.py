@@ -53,3 +53,22 @@ def test_clock_skew_against_the_stores_time(offset: float, ok: bool) -> None:
     assert check.ok is ok
     assert f"{offset:+.3f}s" in check.detail
     assert bool(check.fix) is not ok
+
+
+def test_eviction_and_persistence_are_checked_on_every_primary_of_a_cluster() -> None:
+    good = {"maxmemory_policy": "noeviction", "aof_enabled": "0", "role": "master"}
+    infos: dict[str, dict[str, Any]] = {
+        f"10.0.0.{i}:7000": {**good, "connected_slaves": 1} for i in (1, 2, 3)
+    }
+    assert doctor._eviction(infos).detail == "maxmemory-policy is noeviction (each of 3 primaries)"
+    assert doctor._persistence(infos).ok
+    infos["10.0.0.2:7000"] = {**good, "maxmemory_policy": "allkeys-lru", "connected_slaves": 0}
+    eviction, persistence = doctor._eviction(infos), doctor._persistence(infos)
+    assert not eviction.ok
+    assert "10.0.0.2:7000: allkeys-lru" in eviction.detail
+    assert "10.0.0.1:7000: noeviction" in eviction.detail
+    assert not persistence.ok
+    assert (
+        "10.0.0.2:7000: appendonly no, role master, 0 connected replica(s)" in persistence.detail
+    )
+    assert not doctor._eviction({}).ok  # a server that says nothing passes nothing
