@@ -12,8 +12,11 @@ namespace:
     when the buffer is full (``buffer_full_policy="block"``) does the wait for room move to
     a worker thread.
 ``durable``
-    the publish (returns once the broker holds the message) runs on a small executor of
-    its own (``publish_threads``), awaited by the caller.
+    the coroutine joins the blocking client's group commit and awaits the broker's
+    acceptance of the message carrying its snapshot: a group is published on a small
+    executor of its own (``publish_threads``, one group at a time, the rest for re-sends),
+    and coroutines arriving meanwhile go together in the next message. The loop only
+    queues and is woken once per group.
 
 ``await handle.wait()`` and ``await flush()`` poll the store through the async store, and
 re-send hand-offs not durable after ``resend_pending_after_seconds`` (on the executor).
@@ -128,7 +131,9 @@ class AsyncCeleryCheckpointer:
             HandOffError: as :meth:`CeleryCheckpointer.save_state`.
         """
         save = self.handoff.store.prepare(thread_id, state, version=version)
-        if not self.handoff.try_hand_off(save):
+        if self.mode == "durable":
+            await self.handoff.hand_off_from_loop(save, self._executor.submit)
+        elif not self.handoff.try_hand_off(save):
             await self._in_thread(self.handoff.hand_off, save)
         return AsyncHandOff(self, save.thread_id, save.version)
 

@@ -3,9 +3,14 @@
 Hand-off modes (``Settings.handoff_mode`` or ``mode=``):
 
 ``durable`` (default)
-    ``save_state`` returns once the broker accepted the message (Redis: the LPUSH answered;
-    RabbitMQ: the publisher confirm arrived). If the agent process dies right after, the
-    snapshot is safe in the broker (``tests/integration/test_agent_crash.py``).
+    ``save_state`` returns once the broker accepted the message carrying the snapshot (Redis:
+    the LPUSH answered; RabbitMQ: the publisher confirm arrived). If the agent process dies
+    right after, the snapshot is safe in the broker (``tests/integration/test_agent_crash.py``).
+    Concurrent saves share messages (group commit,
+    :mod:`~agents_persistence.tasks.client.group_commit`): a save that finds no publish in
+    flight is published at once, alone; saves arriving meanwhile go together in the next
+    message, a batch, and each returns once that message was accepted — or raises
+    :class:`HandOffError` if it was not.
 ``buffered``
     ``save_state`` returns before any network round trip; a background thread publishes
     batches. If the agent process dies, the snapshots the broker has not accepted yet are
@@ -30,12 +35,13 @@ touches the store, so a store outage never slows or fails a hand-off the broker 
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import logging
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 from agents_persistence.base import BaseCheckpointer
@@ -48,6 +54,7 @@ from agents_persistence.redis_store import RedisCheckpointer
 from agents_persistence.tasks import tracing
 from agents_persistence.tasks.client.buffer import BufferedPublisher
 from agents_persistence.tasks.client.durability import DurabilityWait, Receipt
+from agents_persistence.tasks.client.group_commit import GroupCommit
 from agents_persistence.tasks.client.housekeeper import Housekeeper
 from agents_persistence.tasks.client.sender import TaskSender
 from agents_persistence.tasks.protocol.messages import batch_message, save_message
@@ -139,7 +146,15 @@ class CeleryCheckpointer:
         self.published_messages = 0
         self.written_through = 0
         self._publisher: BufferedPublisher | None = None
-        if self.mode == "buffered":
+        self._group: GroupCommit | None = None
+        if self.mode == "durable":
+            self._group = GroupCommit(
+                self._publish_group,
+                max_batch=settings.batch_max_snapshots,
+                max_bytes=settings.batch_max_bytes,
+                recover=self._group_failed,
+            )
+        else:
             self._publisher = BufferedPublisher(
                 self._publish_buffered,
                 max_batch=settings.batch_max_snapshots,
@@ -221,8 +236,27 @@ class CeleryCheckpointer:
         """
         if self._publisher is not None:
             self._publisher.submit(save)
+        elif self._group is not None:
+            self._group.commit(save)
         else:
             self._publish_one(save)
+        self._track(save)
+
+    async def hand_off_from_loop(
+        self, save: PreparedSave, spawn: Callable[[Callable[[], None]], object]
+    ) -> None:
+        """:meth:`hand_off` for a coroutine in durable mode: joins the group commit without
+        blocking the event loop; a group it leads is published by ``spawn(fn)``, which runs
+        ``fn`` on another thread (``executor.submit``, say). In buffered mode: ``hand_off``
+        on the loop's default executor.
+
+        Raises:
+            HandOffError: as :meth:`save_state`.
+        """
+        if self._group is None:
+            await asyncio.get_running_loop().run_in_executor(None, self.hand_off, save)
+            return
+        await self._group.join(save, spawn)
         self._track(save)
 
     def try_hand_off(self, save: PreparedSave) -> bool:
@@ -250,39 +284,57 @@ class CeleryCheckpointer:
             self._pruner.wake()
 
     def _publish_one(self, save: PreparedSave) -> None:
+        try:
+            self._send_one(save)
+        except _BROKER_ERRORS as exc:
+            self._broker_down([save], exc)
+
+    def _publish_batch(self, saves: list[PreparedSave]) -> None:
+        try:
+            self._send_batch(saves)
+        except _BROKER_ERRORS as exc:
+            self._broker_down(saves, exc)
+
+    def _publish_group(self, saves: list[PreparedSave]) -> None:
+        """A group commit's message: a save message for one snapshot, a batch for more
+        (broker errors raised as they are: :meth:`_group_failed` handles them)."""
+        if len(saves) == 1:
+            self._send_one(saves[0])
+        else:
+            self._send_batch(saves)
+
+    def _group_failed(self, saves: list[PreparedSave], exc: BaseException) -> None:
+        """A group's publish failed: ``saves`` are its snapshots and those queued behind it.
+        The broker's errors go as when a single save fails (HandOffError, or written
+        through); anything else is raised as it is."""
+        if not isinstance(exc, _BROKER_ERRORS):
+            raise exc
+        self._broker_down(saves, exc)
+
+    def _send_one(self, save: PreparedSave) -> None:
         kwargs = save_message(self.namespace, save)
         if self._eager:
             self._run_eager(SAVE_TASK, kwargs)
-            self._count_published(1)
-            return
-        kwargsrepr = (
-            f"{{'namespace': {self.namespace!r}, 'thread_id': {save.thread_id!r}, "
-            f"'version': {save.version}, 'state': <{len(save.body)} bytes of JSON>, "
-            f"'saved_at_ms': {save.saved_at_ms}}}"
-        )
-        try:
+        else:
+            kwargsrepr = (
+                f"{{'namespace': {self.namespace!r}, 'thread_id': {save.thread_id!r}, "
+                f"'version': {save.version}, 'state': <{len(save.body)} bytes of JSON>, "
+                f"'saved_at_ms': {save.saved_at_ms}}}"
+            )
             self._sender.send(SAVE_TASK, kwargs, kwargsrepr[:1024])
-        except _BROKER_ERRORS as exc:
-            self._broker_down([save], exc)
-            return
         self._count_published(1)
 
-    def _publish_batch(self, saves: list[PreparedSave]) -> None:
+    def _send_batch(self, saves: list[PreparedSave]) -> None:
         kwargs = batch_message(self.namespace, saves)
         if self._eager:
             self._run_eager(SAVE_BATCH_TASK, kwargs)
-            self._count_published(len(saves))
-            return
-        size = sum(len(s.body) for s in saves)
-        kwargsrepr = (
-            f"{{'namespace': {self.namespace!r}, "
-            f"'entries': <{len(saves)} snapshots, {size} bytes of JSON>}}"
-        )
-        try:
+        else:
+            size = sum(len(s.body) for s in saves)
+            kwargsrepr = (
+                f"{{'namespace': {self.namespace!r}, "
+                f"'entries': <{len(saves)} snapshots, {size} bytes of JSON>}}"
+            )
             self._sender.send(SAVE_BATCH_TASK, kwargs, kwargsrepr)
-        except _BROKER_ERRORS as exc:
-            self._broker_down(saves, exc)
-            return
         self._count_published(len(saves))
 
     def _count_published(self, snapshots: int) -> None:

@@ -154,13 +154,13 @@ async def test_a_durable_publish_runs_off_the_loop(
 ) -> None:
     async with make_client(server, settings, "durable") as made:
         release = threading.Event()
-        publish = made.handoff.hand_off
+        publish = made.handoff._send_one
 
         def slow_publish(*args: Any) -> None:
             release.wait(30)  # a broker that takes its time to confirm
             publish(*args)
 
-        monkeypatch.setattr(made.handoff, "hand_off", slow_publish)
+        monkeypatch.setattr(made.handoff, "_send_one", slow_publish)
         ticker = Ticker()
         saving = asyncio.create_task(made.save_state("t", sample_state("s"), version=1))
         await ticker.advanced(20)  # the loop runs on while the publish waits

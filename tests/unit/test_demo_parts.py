@@ -69,11 +69,13 @@ def test_fleet_and_audit_through_the_eager_checkpointer(
     result = audit(eager_checkpointer, runs)
     assert (result.handed_off, result.persisted, result.superseded, result.lost) == (12, 3, 9, 0)
     traffic = Traffic.of(eager_checkpointer)
-    assert traffic == Traffic(0, 12, 12)  # durable: one message per snapshot
+    # Durable: every snapshot published; agents saving at once may share a message.
+    assert (traffic.superseded_in_buffer, traffic.published_snapshots) == (0, 12)
+    assert 1 <= traffic.published_messages <= 12
     rows = dict(metric_rows(runs, result, traffic=traffic, times=(0.0, 1.0, 2.0)))
     assert rows["handed off"] == "12"
     assert rows["superseded in buffer"] == "0"
-    assert rows["published (messages)"] == "12 (12)"
+    assert rows["published (messages)"] == f"12 ({traffic.published_messages})"
     assert rows["persisted"] == "3"
     assert rows["superseded"] == "9"
     assert rows["lost"] == "0"
