@@ -35,6 +35,7 @@ if _typing.TYPE_CHECKING:
         StoreUnavailable,
     )
     from agents_persistence.memory import InMemoryCheckpointer
+    from agents_persistence.migrate import MigrationReport, migrate_namespace
     from agents_persistence.models import (
         AgentInterrupt,
         AgentStateSnapshot,
@@ -74,6 +75,7 @@ _EXPORTS: dict[str, str] = {
     "StoreFull": "errors",
     "StoreMisconfigured": "errors",
     "LegacyLayout": "errors",
+    "MigrationReport": "migrate",
     "ReplicaAcksMissing": "errors",
     "StoreUnavailable": "errors",
     "TodoItem": "models",
@@ -81,6 +83,7 @@ _EXPORTS: dict[str, str] = {
     "VersionClock": "versions",
     "WriteOutcome": "checkpoint",
     "WriteResult": "checkpoint",
+    "migrate_namespace": "migrate",
     "next_version": "versions",
 }
 
@@ -102,6 +105,7 @@ __all__ = [
     "InvalidThreadId",
     "InvalidVersion",
     "LegacyLayout",
+    "MigrationReport",
     "PersistenceError",
     "PreparedSave",
     "RedisCheckpointer",
@@ -117,6 +121,7 @@ __all__ = [
     "VersionClock",
     "WriteOutcome",
     "WriteResult",
+    "migrate_namespace",
     "next_version",
 ]
 

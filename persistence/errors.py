@@ -134,16 +134,17 @@ class StoreMisconfigured(PersistenceError):
 class LegacyLayout(StoreMisconfigured):
     """The namespace keeps the single-index layout of earlier releases (one ``ns:index``,
     records at ``ns:thread:<id>``), which a Redis Cluster cannot serve: its keys live in
-    unrelated slots. Migrate the namespace to the sharded layout on a single server (load
-    each thread and save it into a new namespace, which starts sharded) and copy that to
-    the cluster, or use another namespace there. On a single server the layout keeps
-    working as it is."""
+    unrelated slots. Migrate the namespace to the sharded layout on the single server that
+    holds it (``agents-persistence migrate``, online:
+    :func:`~agents_persistence.migrate.migrate_namespace`) and copy it to the cluster, or
+    use another namespace there. On a single server the layout keeps working as it is."""
 
     def __init__(self, key: str) -> None:
         super().__init__(
             key,
             "the namespace uses the single-index layout of earlier releases, which a Redis "
-            "Cluster cannot serve; migrate it to the sharded layout (docs/scaling.md)",
+            "Cluster cannot serve; migrate it to the sharded layout on one server "
+            "(agents-persistence migrate; docs/scaling.md)",
         )
 
 

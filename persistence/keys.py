@@ -34,7 +34,13 @@ Either way:
 
 ``ns:layout``
     The layout: ``sharded:<S>`` or ``single``. Written once, when the first store meets the
-    namespace (``single`` if ``ns:index`` or the crate's ``ns:threads`` already exists).
+    namespace (``single`` if ``ns:index`` or the crate's ``ns:threads`` already exists), and
+    changed only by a migration (:mod:`agents_persistence.migrate`): ``single`` ->
+    ``migrating:<S>`` -> ``sharded:<S>``. While it says ``migrating:<S>`` both layouts hold
+    threads (a thread in one of them, never both): writes move the thread into the sharded
+    layout first, loads read the sharded key then the single one, listings merge both.
+``ns:migration``
+    Hash of a migration's progress (the SCAN cursor, counts), while one is under way.
 ``ns:deadletter``
     List of dead-lettered hand-offs (JSON), newest first.
 """
@@ -48,7 +54,16 @@ from functools import lru_cache
 from agents_persistence.validation import check_namespace
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
-__all__ = ["DEFAULT_SHARDS", "MAX_SHARDS", "SINGLE", "Keys", "layout_value", "parse_layout"]
+__all__ = [
+    "DEFAULT_SHARDS",
+    "MAX_SHARDS",
+    "SINGLE",
+    "Keys",
+    "layout_value",
+    "migrating_value",
+    "parse_layout",
+    "parse_migrating",
+]
 
 #: Index shards of a namespace created by this release.
 DEFAULT_SHARDS = 16
@@ -87,6 +102,21 @@ def parse_layout(raw: bytes | str) -> int | None:
         return SINGLE
     kind, _, count = text.partition(":")
     if kind == "sharded" and count.isdigit() and 1 <= int(count) <= MAX_SHARDS:
+        return int(count)
+    return None
+
+
+def migrating_value(shards: int) -> bytes:
+    """What the layout key holds while a migration moves the namespace from the single
+    index to ``shards`` shards."""
+    return f"migrating:{shards}".encode()
+
+
+def parse_migrating(raw: bytes | str) -> int | None:
+    """The target shard count of a ``migrating:<S>`` layout value, else None."""
+    text = raw.decode("ascii", "replace") if isinstance(raw, bytes) else raw
+    kind, _, count = text.partition(":")
+    if kind == "migrating" and count.isdigit() and 1 <= int(count) <= MAX_SHARDS:
         return int(count)
     return None
 
@@ -173,6 +203,11 @@ class Keys:
     def layout(self) -> str:
         """The key that records the namespace's layout."""
         return f"{self.namespace}:layout"
+
+    @property
+    def migration(self) -> str:
+        """Hash of a migration's progress."""
+        return f"{self.namespace}:migration"
 
     @property
     def dead_letters(self) -> str:

@@ -38,7 +38,15 @@ from agents_persistence.errors import (
     StoreMisconfigured,
     StoreUnavailable,
 )
-from agents_persistence.keys import DEFAULT_SHARDS, SINGLE, Keys, layout_value, parse_layout
+from agents_persistence.keys import (
+    DEFAULT_SHARDS,
+    SINGLE,
+    Keys,
+    layout_value,
+    migrating_value,
+    parse_layout,
+    parse_migrating,
+)
 from agents_persistence.scripts import LuaScript, lua
 from agents_persistence.validation import MAX_VERSION, check_thread_id, check_version
 
@@ -268,6 +276,15 @@ class RedisOps:
     there, by :meth:`resolve`, which a driver runs before the first operation; until then
     :attr:`keys` assumes the sharded layout of new namespaces.
 
+    Both layouts during a migration (``migrating:<S>``, one server only): :attr:`keys` is the
+    sharded layout and :attr:`old` the single one; each write first moves its thread into
+    the sharded layout (``move.lua``) in the same transaction, a load reads both keys in one
+    transaction (a thread is only ever in one of them), listings merge the indexes of both.
+    A store still in the single layout notices the migration on its next request: its writes
+    are refused by the scripts (``LAYOUTMOVED``: nothing written; the layout is read again
+    and the write resent), its loads and listing pages read the layout key in the same
+    transaction.
+
     Args:
         keys: the namespace's keys.
         codec: record encoding.
@@ -296,12 +313,16 @@ class RedisOps:
         self.codec = codec
         self.cluster, self._new_shards = cluster, shards
         self.resolved = False
+        #: The single-index layout's keys while a migration is under way, else None.
+        self.old: Keys | None = None
+        self._migrating = b""  # the layout value of that migration
         self._unrecorded: bytes | None = None  # the layout chosen, until a write records it
         self.acks = (replica_acks, replica_ack_timeout_ms) if replica_acks > 0 else None
         self.tombstone_ttl_ms = tombstone_ttl_ms
         self._ttl_arg = b"" if ttl_ms is None else str(ttl_ms).encode()
         self._save, self._delete = lua("save"), lua("delete")
         self._page, self._cleanup = lua("page"), lua("cleanup")
+        self._move = lua("move")
         self._large: dict[str, None] = {}  # threads whose records were large: read split
 
     # -- layout -------------------------------------------------------------------------------
@@ -336,6 +357,15 @@ class RedisOps:
         self._apply_layout(raw if raw is not None else value)
 
     def _apply_layout(self, raw: bytes | str) -> None:
+        target = parse_migrating(raw)
+        if target is not None:
+            if self.cluster:
+                raise LegacyLayout(self.keys.layout)
+            self.old, self._migrating = self.keys.with_shards(SINGLE), migrating_value(target)
+            if target != self.keys.shards:
+                self.keys = self.keys.with_shards(target)
+            return
+        self.old = None
         shards = parse_layout(raw)
         if shards is None:
             raise StoreMisconfigured(
@@ -345,6 +375,29 @@ class RedisOps:
             raise LegacyLayout(self.keys.layout)
         if shards != self.keys.shards:
             self.keys = self.keys.with_shards(shards)
+
+    @property
+    def listed_index_keys(self) -> tuple[str, ...]:
+        """The index keys listings, counts and cleanup walk (both layouts' while migrating)."""
+        if self.old is None:
+            return self.keys.index_keys
+        return (*self.keys.index_keys, self.old.index)
+
+    def _move_args(self, thread_id: str) -> tuple[Any, ...]:
+        """``move.lua`` of ``thread_id`` (only while migrating)."""
+        old, keys = cast(Keys, self.old), self.keys
+        return (
+            "EVALSHA", self._move.sha, 6,
+            old.thread(thread_id), old.index, old.crate_index,
+            keys.thread(thread_id), keys.index_of(keys.shard(thread_id)), keys.layout,
+            thread_id, self._migrating,
+        )  # fmt: skip
+
+    def _moved(self, reply: Any) -> None:
+        """After ``move.lua``: if the migration has ended meanwhile (its layout value is
+        gone), read the layout again before the next operation."""
+        if isinstance(reply, list) and reply and int(reply[0]) < 0:
+            self.resolved = False
 
     # -- writes -------------------------------------------------------------------------------
     def save_many(self, saves: Sequence[PreparedSave]) -> Op[list[WriteResult | Exception]]:
@@ -376,7 +429,24 @@ class RedisOps:
         results: list[WriteResult | Exception | None],
     ) -> Op[None]:
         yield from self._record_layout()
-        if len(chunk) == 1 and len(chunk[0][2]) <= INLINE_MAX_BYTES:
+        yield from self._save_chunk_once(chunk, results)
+        moved = [
+            item
+            for item in chunk
+            if isinstance(results[item[0]], rex.ResponseError)
+            and "LAYOUTMOVED" in str(results[item[0]])
+        ]
+        if moved:  # a migration began: read the layout again and resend these saves
+            yield from self.resolve()
+            yield from self._save_chunk_once(moved, results)
+
+    def _save_chunk_once(
+        self,
+        chunk: list[tuple[int, PreparedSave, bytes]],
+        results: list[WriteResult | Exception | None],
+    ) -> Op[None]:
+        migrating = self.old is not None
+        if len(chunk) == 1 and len(chunk[0][2]) <= INLINE_MAX_BYTES and not migrating:
             i, s, record = chunk[0]
             try:
                 request = self._write(self._cas(s, record))
@@ -388,7 +458,11 @@ class RedisOps:
         for group, transaction in self._save_groups(chunk):
             commands: list[tuple[Any, ...]] = []
             evals: list[int] = []
+            moves: list[int] = []
             for _, s, record in group:
+                if migrating:
+                    moves.append(len(commands))
+                    commands.append(self._move_args(s.thread_id))
                 if len(record) <= INLINE_MAX_BYTES:
                     commands.append(self._cas(s, record))
                 else:
@@ -400,6 +474,8 @@ class RedisOps:
                 tuple(commands), transaction=transaction, raise_on_error=False, wait=self.acks
             )
             replies = yield from self._script(self._save, pipeline)
+            for at in moves:
+                self._moved(replies[at])
             for (i, s, _), at in zip(group, evals, strict=True):
                 results[i] = _result(s, replies[at])
 
@@ -434,9 +510,11 @@ class RedisOps:
     def _cas(self, s: PreparedSave, record: bytes | None) -> tuple[Any, ...]:
         keys = self.keys
         shard = keys.shard(s.thread_id)
+        # The single-index layout's scripts check the layout key (a migration may begin).
+        guard = () if keys.sharded else (keys.layout,)
         args = (
-            "EVALSHA", self._save.sha, 3,
-            keys.thread(s.thread_id), keys.staging_of(shard), keys.index_of(shard),
+            "EVALSHA", self._save.sha, 3 + len(guard),
+            keys.thread(s.thread_id), keys.staging_of(shard), keys.index_of(shard), *guard,
             format_version(s.version), self._ttl_arg, s.thread_id,
         )  # fmt: skip
         return args if record is None else (*args, record)
@@ -455,10 +533,37 @@ class RedisOps:
             format_version(clock()),
         )
         yield from self._record_layout()
-        keys = (self.keys.thread(thread_id), self.keys.index_of(self.keys.shard(thread_id)))
-        code, current = yield from self._eval(self._delete, keys, args, thread_id, write=True)
+        try:
+            code, current = yield from self._delete_once(thread_id, args)
+        except rex.ResponseError as exc:
+            if "LAYOUTMOVED" not in str(exc):
+                raise
+            yield from self.resolve()  # a migration began: resend in the layout it names
+            code, current = yield from self._delete_once(thread_id, args)
         done = explicit if explicit is not None else int(current)
         return WriteResult(thread_id, done, _OUTCOMES[code], int(current))
+
+    def _delete_once(self, thread_id: str, args: tuple[Any, ...]) -> Op[tuple[int, Any]]:
+        keys = self.keys
+        where = (keys.thread(thread_id), keys.index_of(keys.shard(thread_id)))
+        if self.old is None:
+            guard = () if keys.sharded else (keys.layout,)
+            reply = yield from self._eval(
+                self._delete, (*where, *guard), args, thread_id, write=True
+            )
+            return int(reply[0]), reply[1]
+        delete = ("EVALSHA", self._delete.sha, 2, *where, *args)
+        request = Pipeline(
+            (self._move_args(thread_id), delete),
+            transaction=True,
+            raise_on_error=False,
+            wait=self.acks,
+        )
+        replies = yield from self._script(self._delete, request)
+        self._moved(replies[0])
+        if isinstance(replies[1], Exception):
+            _raise_typed(thread_id, replies[1])
+        return int(replies[1][0]), replies[1][1]
 
     def sweep(self, limit: int | None) -> Sweep:
         """The cleanup of up to ``limit`` (None: all) expired index entries."""
@@ -469,6 +574,8 @@ class RedisOps:
         """The newest stored state of ``thread_id`` with its metadata, or None."""
         check_thread_id(thread_id)
         key = self.keys.thread(thread_id)
+        if self.old is not None or not self.keys.sharded:
+            return (yield from self._load_unsettled(thread_id))
         large = thread_id in self._large
         record: Record | None = None
         try:
@@ -482,6 +589,32 @@ class RedisOps:
                     large = False
             if not large:
                 record = self._decode(thread_id, (yield Command(("GET", key))))
+        except rex.ResponseError as exc:
+            _raise_typed(thread_id, exc)
+        if record is None or record.state is None:
+            return None
+        return Checkpoint(thread_id, record.version, record.saved_at, record.state)
+
+    def _load_unsettled(self, thread_id: str) -> Op[Checkpoint | None]:
+        """:meth:`load` in the single-index layout (the layout key read in the same
+        transaction: a migration may have begun) or during a migration (both keys read in one
+        transaction; the thread is in one of them)."""
+        try:
+            if self.old is None:
+                keys = self.keys
+                raw_layout, raw = yield Pipeline(
+                    (("GET", keys.layout), ("GET", keys.thread(thread_id))), transaction=True
+                )
+                if raw_layout is not None and parse_layout(raw_layout) != SINGLE:
+                    self._apply_layout(raw_layout)  # a migration began
+                    return (yield from self.load(thread_id))
+            else:
+                new, old = yield Pipeline(
+                    (("GET", self.keys.thread(thread_id)), ("GET", self.old.thread(thread_id))),
+                    transaction=True,
+                )
+                raw = new if new is not None else old
+            record = self._decode(thread_id, raw)
         except rex.ResponseError as exc:
             _raise_typed(thread_id, exc)
         if record is None or record.state is None:
@@ -514,18 +647,28 @@ class RedisOps:
         """The version held for each thread (0: nothing), from the record headers."""
         if not thread_ids:
             return {}
+        layouts = [self.keys] if self.old is None else [self.keys, self.old]
         heads = yield Pipeline(
-            tuple(("GETRANGE", self.keys.thread(t), 0, VERSION_END - 1) for t in thread_ids),
+            tuple(
+                ("GETRANGE", keys.thread(t), 0, VERSION_END - 1)
+                for t in thread_ids
+                for keys in layouts
+            ),
             raise_on_error=False,
+            transaction=self.old is not None,
         )
-        return {tid: _header_version(head) for tid, head in zip(thread_ids, heads, strict=True)}
+        n = len(layouts)
+        return {
+            tid: max(map(_header_version, heads[i * n : (i + 1) * n]))
+            for i, tid in enumerate(thread_ids)
+        }
 
     def count_threads(self) -> Op[tuple[int, int]]:
         """(live, expired but not yet cleaned) entries of the index, by the server's clock."""
         seconds, micros = yield Command(("TIME",))
         now_ms = int(seconds) * 1000 + int(micros) // 1000
         commands: list[tuple[Any, ...]] = []
-        for index in self.keys.index_keys:
+        for index in self.listed_index_keys:
             commands += [("ZCARD", index), ("ZCOUNT", index, "-inf", now_ms)]
         replies = yield Pipeline(tuple(commands))
         total, expired = sum(map(int, replies[::2])), sum(map(int, replies[1::2]))
@@ -554,6 +697,8 @@ class RedisOps:
                 return (yield request)
             except rex.NoScriptError:
                 yield Command(("SCRIPT LOAD", script.source))
+                if self.old is not None:  # during a migration, writes also run move.lua
+                    yield Command(("SCRIPT LOAD", self._move.source))
             try:
                 return (yield request)
             except rex.NoScriptError as exc:  # loaded, yet unknown: a proxy that drops scripts
@@ -619,7 +764,7 @@ class Pages:
     def next_page(self) -> Op[list[str]]:
         """The next page of thread ids; sets :attr:`done` after the last one."""
         if self._shards is None:  # the layout is known by now (the driver resolved it)
-            self._shards = [_Shard(key) for key in self._ops.keys.index_keys]
+            self._shards = [_Shard(key) for key in self._ops.listed_index_keys]
         shards, size = self._shards, self.page_size
         chunk = min(size, size * 3 // (2 * len(shards)) + 8)
         ends = [(shard.cursor, shard.score) for shard in shards]  # where the next fetch starts
@@ -630,6 +775,14 @@ class Pages:
         out: list[bytes] = []
         while starved:
             replies = yield from self._fetch([(shards[i].key, *ends[i]) for i in starved], chunk)
+            if replies is None:  # a migration began before this page: list both layouts
+                # The sharded indexes start where the single one stands: a thread moved
+                # keeps its score, so nothing returned comes again and nothing is skipped.
+                (old,) = shards
+                self._shards = [
+                    _Shard(key, old.cursor, old.score) for key in self._ops.keys.index_keys
+                ] + [old]
+                return (yield from self.next_page())
             for i, flat in zip(starved, replies, strict=True):
                 scores = flat[1::2]
                 pending.extend(zip(map(float, scores), flat[0::2], repeat(i), scores))
@@ -657,15 +810,30 @@ class Pages:
         self.done = len(out) < size
         return [tid.decode("utf-8", "replace") for tid in out]
 
-    def _fetch(self, which: list[tuple[str, bytes, bytes]], chunk: int) -> Op[list[Any]]:
+    def _fetch(self, which: list[tuple[str, bytes, bytes]], chunk: int) -> Op[list[Any] | None]:
+        """Each shard's next entries; None if the namespace left the single-index layout
+        (read in the same transaction as its page; the new layout applied)."""
         ops = self._ops
         commands = tuple(
             ("EVALSHA", ops._page.sha, 1, key, chunk, cursor, score)
             for key, cursor, score in which
         )
+        if not ops.keys.sharded:  # the layout checked in the same transaction
+            layout, reply = yield from ops._script(
+                ops._page,
+                Pipeline((("GET", ops.keys.layout), *commands), transaction=True),
+            )
+            if layout is not None and parse_layout(layout) != SINGLE:
+                ops._apply_layout(layout)
+                return None
+            return [reply]
         if len(commands) == 1:
             return [(yield from ops._script(ops._page, Command(commands[0])))]
-        replies: list[Any] = yield from ops._script(ops._page, Pipeline(commands))
+        # During a migration a thread moves between indexes: read them all at one instant.
+        transaction = ops.old is not None
+        replies: list[Any] = yield from ops._script(
+            ops._page, Pipeline(commands, transaction=transaction)
+        )
         return replies
 
 
@@ -689,7 +857,7 @@ class Sweep:
         :attr:`done` once nothing (or the limit) is left."""
         ops, limit = self._ops, self._limit
         if self._active is None:  # the layout is known by now (the driver resolved it)
-            self._active = list(ops.keys.index_keys)
+            self._active = list(ops.listed_index_keys)
         active = self._active
         if limit is None:
             batches = [MAX_PAGE_SIZE] * len(active)

@@ -1,11 +1,18 @@
 -- Delete a thread by writing a tombstone at a version, so no older save can bring it back.
 --
 -- KEYS[1] record key   KEYS[2] index
+-- KEYS[3] the namespace's layout key (optional; see save.lua: LAYOUTMOVED, nothing written)
 -- ARGV[1] version (20 digits), or '' for "the newer of ARGV[4] and what is stored"
 -- ARGV[2] tombstone lifetime in ms   ARGV[3] thread id   ARGV[4] caller's clock version
 -- Returns {outcome, version held afterwards}: 0 deleted, 1 already deleted, 2 stale
 -- (a newer save is stored; it stays).
 
+if KEYS[3] then
+  local layout = redis.call('GET', KEYS[3])
+  if layout and layout ~= 'single' then
+    return redis.error_reply('LAYOUTMOVED the namespace left the single-index layout')
+  end
+end
 local head = redis.call('GETRANGE', KEYS[1], 0, 23)
 if string.find(head, '^AP[2-9]') then
   -- written by a newer envelope schema (a newer library, mid rolling upgrade): never replace

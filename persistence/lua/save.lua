@@ -5,10 +5,21 @@
 -- them the Lua argument copy costs less than the extra commands.
 --
 -- KEYS[1] record key   KEYS[2] staging key   KEYS[3] index (sorted set)
+-- KEYS[4] the namespace's layout key (optional; given by stores of the single-index layout,
+--         which must not write once a migration has begun: LAYOUTMOVED, nothing written)
 -- ARGV[1] new version (20 digits)   ARGV[2] TTL in ms, or '' for none   ARGV[3] thread id
 -- ARGV[4] the record itself (optional; absent: the record is on the staging key)
 -- Returns {outcome, version held afterwards}: 0 written, 1 duplicate, 2 stale.
 
+if KEYS[4] then
+  local layout = redis.call('GET', KEYS[4])
+  if layout and layout ~= 'single' then
+    if not ARGV[4] then
+      redis.call('DEL', KEYS[2])
+    end
+    return redis.error_reply('LAYOUTMOVED the namespace left the single-index layout')
+  end
+end
 local head = redis.call('GETRANGE', KEYS[1], 0, 23)
 if string.find(head, '^AP[2-9]') then
   -- written by a newer envelope schema (a newer library, mid rolling upgrade): never replace
