@@ -46,6 +46,7 @@ SECTIONS = {
     "P8": "bench.p8_saver",
     "P9": "bench.p9_metrics",
     "P10": "bench.p10_cluster",
+    "P11": "bench.p11_capacity",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 
