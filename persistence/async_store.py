@@ -34,6 +34,7 @@ from agents_persistence.redis_ops import (
     Request,
     SlotMoved,
     by_node,
+    follow_ask,
     waited,
     waited_commands,
 )
@@ -162,6 +163,13 @@ class AsyncRedisCheckpointer(RedisStoreBase[aredis.Redis]):
             client = clients[node.name] = aredis.Redis.from_pool(pool)
         return client
 
+    async def _node_pipeline(self, node: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """``commands`` in one plain pipeline on a connection of cluster ``node``."""
+        pipe = self._node_client(node).pipeline(transaction=False)
+        for args in commands:
+            pipe.execute_command(*args)
+        return list(await pipe.execute(raise_on_error=False))
+
     async def _send_pinned(self, request: Pipeline) -> Any:
         """``request`` (then ``WAIT``, if it asks) as plain pipelines on one connection per
         node (see :meth:`RedisCheckpointer._send_pinned`)."""
@@ -174,11 +182,14 @@ class AsyncRedisCheckpointer(RedisStoreBase[aredis.Redis]):
         replies: list[Any] = [None] * len(request.commands)
         try:
             for node, part, where in by_node(request, cluster.get_node_from_key):
-                pipe = self._node_client(node).pipeline(transaction=False)
-                for args in waited_commands(part):
-                    pipe.execute_command(*args)
-                got = waited(part, await pipe.execute(raise_on_error=False))
-                for i, reply in zip(where, got, strict=True):
+                got = await self._node_pipeline(node, waited_commands(part))
+                asked = follow_ask(part, got)
+                if asked is not None:  # the slot is migrating: ask the importing node
+                    target = cluster.get_node(host=asked.host, port=asked.port)
+                    if target is None:
+                        raise SlotMoved(f"ASK to an unknown node {asked.host}:{asked.port}")
+                    got = asked.merge(got, await self._node_pipeline(target, asked.commands))
+                for i, reply in zip(where, waited(part, got), strict=True):
                     replies[i] = reply
         except (rex.ConnectionError, rex.TimeoutError, SlotMoved):
             with contextlib.suppress(Exception):  # the retry refreshes again if need be

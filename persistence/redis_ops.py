@@ -56,6 +56,7 @@ __all__ = [
     "INLINE_MAX_BYTES",
     "LARGE_RECORD_BYTES",
     "AcksMissing",
+    "Asked",
     "Command",
     "Exchange",
     "Op",
@@ -66,6 +67,7 @@ __all__ = [
     "SlotMoved",
     "Sweep",
     "first_key",
+    "follow_ask",
     "waited",
     "waited_commands",
 ]
@@ -87,12 +89,15 @@ LARGE_RECORD_BYTES = 256 * 1024
 _LARGE_HINTS = 4096
 #: A staged record only outlives its transaction if the script failed; it then expires.
 _STAGING_PX = 60_000
-#: Errors in a pipeline's replies that concern the whole request, not one command.
+#: Errors in a pipeline's replies that concern the whole request, not one command: among
+#: them a cluster's TRYAGAIN, a script's keys split between two nodes while their slot
+#: migrates (resent whole once the slot has moved; a resent save is a DUPLICATE).
 _WHOLE_REQUEST_ERRORS = (
     rex.NoScriptError,
     rex.ConnectionError,
     rex.TimeoutError,
     rex.OutOfMemoryError,
+    rex.TryAgainError,
 )
 _OUTCOMES = (WriteOutcome.WRITTEN, WriteOutcome.DUPLICATE, WriteOutcome.STALE)
 
@@ -123,8 +128,9 @@ class Pipeline:
 
     @staticmethod
     def check(replies: list[Any]) -> list[Any]:
-        """Raise a lost script (the fallback's cue), a dropped connection or an OOM (the
-        retry policy's: StoreFull) found among ``replies``; return them otherwise."""
+        """Raise a lost script (the fallback's cue), a dropped connection, a TRYAGAIN (the
+        retry policy's) or an OOM (StoreFull) found among ``replies``; return them
+        otherwise."""
         for reply in replies:
             # A failed transaction only left the staging key behind; a rerun overwrites it.
             if isinstance(reply, _WHOLE_REQUEST_ERRORS):
@@ -191,6 +197,78 @@ def waited(request: Pipeline, replies: list[Any]) -> list[Any]:
         if int(acks) < request.wait[0]:
             raise AcksMissing(int(acks), request.wait[0])
     return results
+
+
+@dataclass(frozen=True, slots=True)
+class Asked:
+    """Commands of a request that their node answered ``ASK`` (their slot is migrating and
+    their keys have left it), to be sent to the importing node, each after ``ASKING``;
+    :meth:`merge` puts that node's replies in their place. See :func:`follow_ask`."""
+
+    host: str
+    port: int
+    request: Pipeline
+    #: Where each resent command's reply goes in the first node's replies.
+    positions: tuple[int, ...]
+    #: What to send on the importing node's connection.
+    commands: tuple[tuple[Any, ...], ...]
+
+    def merge(self, first: list[Any], replies: list[Any]) -> list[Any]:
+        """The replies to :func:`waited_commands` of :attr:`request`: ``first`` (the first
+        node's) with the importing node's ``replies`` (to :attr:`commands`) in place of the
+        ``ASK`` answers, and ``WAIT`` counting the fewer acknowledgements of the two."""
+        if self.request.transaction:  # sent whole: its replies after ASKING's
+            return replies[1:]
+        merged = list(first)
+        answers = replies[1 : 2 * len(self.positions) : 2]  # [ASKING, command]... [WAIT]
+        for at, reply in zip(self.positions, answers, strict=True):
+            merged[at] = reply
+        if self.request.wait is not None:
+            acks = replies[-1]
+            if isinstance(acks, Exception) or isinstance(merged[-1], Exception):
+                merged[-1] = acks if isinstance(acks, Exception) else merged[-1]
+            else:
+                merged[-1] = min(int(acks), int(merged[-1]))
+        return merged
+
+
+def follow_ask(request: Pipeline, replies: list[Any]) -> Asked | None:
+    """What to resend, and where, after a node answered ``ASK`` to some of ``request``'s
+    commands (sent as :func:`waited_commands`); None if none was answered so.
+
+    A node answers ``ASK`` to a command whose keys are all gone from its migrating slot, so
+    the importing node serves it after ``ASKING`` (a multi-key command whose keys are split
+    between the two gets ``TRYAGAIN`` there: retried). A transaction is resent whole only if
+    its node refused it whole (every command, or ``EXEC``): a part of it served from each
+    node would not be one transaction. Otherwise, and when the commands were sent to two
+    importing nodes, :class:`SlotMoved` is raised: retried once the slots have moved.
+    """
+    asks = [r for r in replies if isinstance(r, rex.AskError)]
+    if not asks:
+        return None
+    targets = {(a.host, a.port) for a in asks}
+    if len(targets) > 1 or any(
+        isinstance(r, (rex.MovedError, rex.ClusterDownError)) for r in replies
+    ):
+        raise SlotMoved("the request's slots are moving")
+    ((host, port),) = targets
+    n = len(request.commands)
+    if request.transaction:
+        queued, exec_reply = replies[1 : 1 + n], replies[1 + n]
+        if not (
+            isinstance(exec_reply, rex.AskError)
+            or all(isinstance(r, rex.AskError) for r in queued)
+        ):
+            raise SlotMoved("a transaction's keys are on both sides of a migrating slot")
+        commands = (("ASKING",), *waited_commands(request))
+        return Asked(host, port, request, tuple(range(n)), commands)
+    positions = tuple(i for i in range(n) if isinstance(replies[i], rex.AskError))
+    resent: list[tuple[Any, ...]] = []
+    for i in positions:
+        resent += [("ASKING",), request.commands[i]]
+    if request.wait is not None:
+        resent.append(("WAIT", *request.wait))
+    return Asked(host, port, request, positions, tuple(resent))
 
 
 def by_node(

@@ -39,6 +39,7 @@ from agents_persistence.redis_ops import (
     Request,
     SlotMoved,
     by_node,
+    follow_ask,
     waited,
     waited_commands,
 )
@@ -140,8 +141,10 @@ class RedisCheckpointer(RedisStoreBase[redis.Redis], RedisAdmin, BaseCheckpointe
     def _send_pinned(self, request: Pipeline) -> Any:
         """``request`` (then ``WAIT``, if it asks) as plain pipelines on one connection per
         node: ``[MULTI ... EXEC] [WAIT]``. On a cluster, one pipeline per node serving the
-        commands' slots (redis-py's cluster pipeline costs several times more), the slot map
-        refreshed when a node is gone or a slot moved (the retry then resends it all)."""
+        commands' slots (redis-py's cluster pipeline costs several times more). Commands a
+        node answers ``ASK`` (their slot is migrating) go to the importing node after
+        ``ASKING`` (:func:`~agents_persistence.redis_ops.follow_ask`); when a node is gone
+        or a slot moved (``MOVED``), the slot map is refreshed and the retry resends it all."""
         if not self._ops.cluster:
             pipe = self.client.pipeline(transaction=False)
             for args in waited_commands(request):
@@ -151,18 +154,28 @@ class RedisCheckpointer(RedisStoreBase[redis.Redis], RedisAdmin, BaseCheckpointe
         replies: list[Any] = [None] * len(request.commands)
         try:
             for node, part, where in by_node(request, cluster.get_node_from_key):
-                pipe = cluster.get_redis_connection(node).pipeline(transaction=False)
-                for args in waited_commands(part):
-                    pipe.execute_command(*args)
-                for i, reply in zip(
-                    where, waited(part, pipe.execute(raise_on_error=False)), strict=True
-                ):
+                got = self._node_pipeline(node, waited_commands(part))
+                asked = follow_ask(part, got)
+                if asked is not None:  # the slot is migrating: ask the importing node
+                    target = cluster.get_node(host=asked.host, port=asked.port)
+                    if target is None:
+                        raise SlotMoved(f"ASK to an unknown node {asked.host}:{asked.port}")
+                    got = asked.merge(got, self._node_pipeline(target, asked.commands))
+                for i, reply in zip(where, waited(part, got), strict=True):
                     replies[i] = reply
         except (rex.ConnectionError, rex.TimeoutError, SlotMoved):
             with contextlib.suppress(Exception):  # the retry refreshes again if need be
                 cluster.nodes_manager.initialize()
             raise
         return replies
+
+    def _node_pipeline(self, node: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """``commands`` in one plain pipeline on a connection of cluster ``node``."""
+        cluster: Any = self.client
+        pipe = cluster.get_redis_connection(node).pipeline(transaction=False)
+        for args in commands:
+            pipe.execute_command(*args)
+        return list(pipe.execute(raise_on_error=False))
 
     def _forget_layout(self) -> None:
         self._ops.resolved = False

@@ -1,8 +1,9 @@
 """The store's retry policy: tenacity at the storage boundary, and nowhere else.
 
 Only errors on the allow-list below are retried: the connection dropped or timed out, the
-server is still loading its data set, or it is a replica that turned read-only during a
-failover. Everything else (bad credentials, a script error, WRONGTYPE) fails at once. When
+server is still loading its data set, it is a replica that turned read-only during a
+failover, or a Redis Cluster is moving the slot (``TRYAGAIN``; redis-py's cluster client out
+of redirections). Everything else (bad credentials, a script error, WRONGTYPE) fails at once. When
 the policy gives up, :class:`~persistence.errors.StoreUnavailable` is raised from the last
 error. A server out of memory under ``noeviction`` (``OOM``) raises
 :class:`~persistence.errors.StoreFull` (a ``StoreUnavailable``) at once: quick retries
@@ -46,8 +47,9 @@ TRANSIENT_ERRORS: Final[tuple[type[BaseException], ...]] = (
     rex.ConnectionError,  # refused, reset, closed mid-reply; includes BusyLoadingError
     rex.TimeoutError,
     rex.ReadOnlyError,  # a replica promoted late / a primary demoted during failover
-    rex.TryAgainError,
+    rex.TryAgainError,  # a multi-key command while its slot migrates
     rex.ClusterDownError,
+    rex.ClusterError,  # redis-py's cluster client out of redirections ("TTL exhausted")
 )
 #: Subclasses of ConnectionError that no retry can fix.
 _PERMANENT: Final[tuple[type[BaseException], ...]] = (

@@ -36,6 +36,8 @@ class Flaky:
         rex.BusyLoadingError("loading"),
         rex.ReadOnlyError("readonly"),
         rex.TryAgainError("try again"),
+        rex.ClusterDownError("CLUSTERDOWN"),
+        rex.ClusterError("TTL exhausted."),
     ],
 )
 def test_transient_errors_are_retried(error: Exception) -> None:
