@@ -181,3 +181,63 @@ def test_broker_down_at_handoff(
     finally:
         if proxy is not None:
             proxy.close()
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
+def test_broker_down_under_a_durable_group(
+    fleet_factory: FleetFactory, report: Report, broker: str
+) -> None:
+    """Fault 7 under group commit: 20 agent threads hand off flat out in durable mode, so a
+    publish is always in flight with callers queued behind it, when the broker refuses
+    connections and later hangs, each time until a group has failed. Every caller either
+    gets its save acknowledged, and the snapshot is then durable (reconciled: none lost), or
+    gets HandOffError; a failed message fails its whole group and the callers queued behind
+    it, so no caller waits for more than the publish in flight and its own group's."""
+    proxy: TcpProxy | None = None
+    overrides: dict[str, object] = {"publish_timeout_seconds": 1.0}
+    if broker == "rabbitmq":
+        proxy = TcpProxy(("127.0.0.1", 5672)).start()
+        overrides["broker_url"] = proxy.url("amqp://guest:guest@127.0.0.1:{port}//")
+    try:
+        fleet = fleet_factory(
+            broker="rabbitmq" if proxy else "redis", broker_aof=True, **overrides
+        )
+        fleet.worker(concurrency=2)
+        client = fleet.client(mode="durable")
+        ledger = Ledger()
+        stream = Stream(client, ledger, thread_ids("grp", 2000), total=6000, producers=20)
+        stream.start()
+        failures: dict[str, int] = {}
+        for mark, kind in ((1000, "refused"), (3000, "hung")):
+            stream.wait_for(mark)
+            before = _failed(ledger)
+            restore = _outage(fleet, proxy, kind)
+            # Down until the group in flight has failed (the publish retry bound at most).
+            deadline = time.monotonic() + 2 * client.handoff_timeout + 10
+            while _failed(ledger) == before and time.monotonic() < deadline:
+                time.sleep(0.05)
+            restore()
+            failures[kind] = _failed(ledger) - before
+        stream.join()
+        recovery = fleet.settle(client)
+        group = client._group
+        assert group is not None
+        result = report(
+            f"7c broker down under a durable group ({broker})", ledger, fleet,
+            failed_refused=failures["refused"], failed_hung=failures["hung"],
+            messages=client.published_messages, snapshots=client.published_snapshots,
+            max_handoff_s=round(stream.max_latency, 2),
+            bound_s=round(2 * client.handoff_timeout, 1), settle_s=round(recovery, 1),
+        )  # fmt: skip
+        result.assert_clean()
+        assert failures["refused"] > 0, failures
+        assert failures["hung"] > 0, failures
+        assert {s.error for s in ledger.saves if s.error} == {"HandOffError"}
+        # The saves shared messages: far fewer messages than snapshots.
+        assert client.published_messages < client.published_snapshots // 2
+        assert stream.max_latency <= 2 * client.handoff_timeout
+        assert (group.busy, group.queued) == (False, 0)
+    finally:
+        if proxy is not None:
+            proxy.close()
