@@ -726,15 +726,24 @@ class RedisOps:
         if not thread_ids:
             return {}
         layouts = [self.keys] if self.old is None else [self.keys, self.old]
+        single = not self.keys.sharded  # a migration may begin: read the layout key too
         heads = yield Pipeline(
-            tuple(
-                ("GETRANGE", keys.thread(t), 0, VERSION_END - 1)
-                for t in thread_ids
-                for keys in layouts
+            (
+                *((("GET", self.keys.layout),) if single else ()),
+                *(
+                    ("GETRANGE", keys.thread(t), 0, VERSION_END - 1)
+                    for t in thread_ids
+                    for keys in layouts
+                ),
             ),
             raise_on_error=False,
-            transaction=self.old is not None,
+            transaction=self.old is not None or single,
         )
+        if single:
+            layout, *heads = heads
+            if isinstance(layout, (bytes, str)) and parse_layout(layout) != SINGLE:
+                self._apply_layout(layout)
+                return (yield from self.stored_versions(thread_ids))
         n = len(layouts)
         return {
             tid: max(map(_header_version, heads[i * n : (i + 1) * n]))

@@ -15,6 +15,8 @@ from typing import Literal
 import click
 from agents_persistence.base import MAX_PAGE_SIZE
 from agents_persistence.config.settings import redact_url
+from agents_persistence.keys import DEFAULT_SHARDS, MAX_SHARDS
+from agents_persistence.migrate import DEFAULT_MIGRATE_BATCH, MigrationReport, migrate_namespace
 from agents_persistence.tasks.cli.context import CliGroup, Context, fail, pass_context
 from agents_persistence.tasks.cli.demo import DemoOptions, run_demo
 from agents_persistence.tasks.cli.doctor import doctor
@@ -192,6 +194,96 @@ def _server_rows(infos: list[dict[str, object]]) -> list[tuple[str, str]]:
         ("maxmemory-policy", said("maxmemory_policy")),
         ("aof_enabled", said("aof_enabled")),
     ]
+
+
+@main.command()
+@click.option(
+    "--shards",
+    type=click.IntRange(1, MAX_SHARDS),
+    default=DEFAULT_SHARDS,
+    show_default=True,
+    help="Index shards of the sharded layout (a migration under way keeps its own).",
+)
+@click.option(
+    "--batch",
+    type=click.IntRange(1, 10_000),
+    default=DEFAULT_MIGRATE_BATCH,
+    show_default=True,
+    help="Records moved per round trip.",
+)
+@click.option("--dry-run", is_flag=True, help="Count what would move; write nothing.")
+@pass_context
+def migrate(obj: Context, shards: int, batch: int, dry_run: bool) -> None:
+    """Move a namespace of the single-index layout (earlier releases, the Rust crate) to
+    the sharded layout, online: workers keep reading and writing it meanwhile.
+
+    Resumable (run it again after an interruption) and idempotent (a namespace already
+    sharded is left as it is). Runs on the one server that holds the namespace, not on a
+    Redis Cluster. Exit code 0 once the namespace is sharded (or, with --dry-run, when the
+    count is done); 1 on an error (run it again to resume).
+    """
+    store, settings, out = obj.store, obj.settings, obj.console
+    if store._ops.cluster:
+        fail(
+            "migrate runs on the one server that holds the namespace, not on a Redis Cluster "
+            "(which cannot hold the single-index layout); migrate there, then copy it over"
+        )
+    with out.status(f"migrating namespace {escape(settings.namespace)}") as status:
+
+        def progress(report: MigrationReport) -> None:
+            status.update(
+                f"migrating namespace {escape(settings.namespace)}: {report.moved} moved, "
+                f"{report.already_newer} already newer, batch {report.batches}"
+            )
+
+        report = migrate_namespace(
+            store.client,
+            settings.namespace,
+            shards=shards,
+            batch=batch,
+            dry_run=dry_run,
+            on_batch=None if dry_run else progress,
+        )
+    found = {
+        "empty": "nothing to migrate (no keys of the single-index layout)",
+        "sharded": f"already in the sharded layout ({report.shards} shards); nothing to do",
+        "migrating": "an interrupted migration, resumed",
+        "single": "the single-index layout",
+    }[report.state]
+    title = f"namespace {settings.namespace}" + (" (dry run: nothing written)" if dry_run else "")
+    table = Table(title=escape(title), show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    verb = "to move" if dry_run else "moved"
+    rows = [
+        ("store", redact_url(settings.redis_url)),
+        ("found", found),
+        ("layout now", _layout_now(report)),
+        (f"records {verb}", str(report.moved)),
+        ("  of which tombstones", str(report.tombstones)),
+        ("  of which Rust crate (plain JSON)", str(report.crate)),
+        ("already newer in the sharded layout", str(report.already_newer)),
+        ("expired (index entries dropped)", str(report.expired)),
+        ("corrupt (moved as they are)", str(report.corrupt)),
+        ("skipped (left in place)", str(report.skipped)),
+        ("batches", str(report.batches)),
+        ("seconds", f"{report.seconds:.2f}"),
+    ]
+    for name, value in rows:
+        table.add_row(escape(name), escape(value))
+    out.print(table)
+    for label, ids in (("corrupt", report.corrupt_ids), ("skipped", report.skipped_ids)):
+        if ids:
+            shown = ", ".join(_printable(i, 80) for i in ids)
+            out.print(f"{label}: {escape(shown)}", highlight=False, soft_wrap=True)
+
+
+def _layout_now(report: MigrationReport) -> str:
+    if report.finished:
+        return f"sharded:{report.shards}"
+    if report.state == "empty":
+        return "none"
+    return "single" if report.state == "single" else f"migrating:{report.shards}"
 
 
 @main.group("dead-letters", cls=click.Group)

@@ -239,6 +239,7 @@ def test_stores_of_both_layouts_read_and_list_during_the_migration() -> None:
     pages = stale_single.iter_threads(page_size=5)
     first = [next(pages) for _ in range(5)]
     _interrupted(server, 3)
+    assert stale_single.keys.shards == SINGLE  # has not noticed yet
     live = sorted(t for t, v in expected.items() if v is not None)
     # The listing begun in the single layout carries on over both, nothing twice or lost
     # (the crate's threads, in its set only, join the listing as they move).
@@ -246,6 +247,8 @@ def test_stores_of_both_layouts_read_and_list_during_the_migration() -> None:
     assert len(first + rest) == len(set(first + rest))
     ours = [t for t in live if not t.startswith("crate")]
     assert set(ours) <= set(first + rest) <= set(live)
+    versions = stale_single.stored_versions(list(expected))
+    assert versions == {t: v if v is not None else versions[t] for t, v in expected.items()}
     for tid, version in expected.items():
         checkpoint = stale_single.load_checkpoint(tid)
         assert (checkpoint.version if checkpoint else None) == version, tid
