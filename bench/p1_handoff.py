@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import statistics
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -26,7 +29,10 @@ from agents_persistence.tasks.protocol.messages import save_message
 
 from bench.common import SIZES, Context, Section, fmt_us, interleaved, label, ratio, snapshot
 
-__all__ = ["run"]
+__all__ = ["THREADS", "run"]
+
+#: Agent threads of the concurrent rows (hand-offs per second, durable against buffered).
+THREADS = 20
 
 
 def run(ctx: Context) -> Section:
@@ -88,9 +94,13 @@ def run(ctx: Context) -> Section:
                 f"durable p50 ≤ 1.0x bare send_task, {label(size)}",
                 stats["durable"].p50_us / bare, 1.0,
             )  # fmt: skip
+        _concurrent(ctx, sec, buffered, durable, drain)
         sec.notes.append(
             "Broker and store: the same Redis. Each save is a new thread id, so buffered mode "
-            "gets no help from coalescing; its publisher thread shares the GIL with the caller."
+            "gets no help from coalescing; its publisher thread shares the GIL with the caller. "
+            f"Concurrent rows: {THREADS} threads, each saving 4 KB snapshots to thread ids of "
+            "its own; buffered counts until its publisher's flush returned (all published), "
+            "durable until the last save_state returned; median of 3 alternating rounds."
         )
     finally:
         buffered.close(60)
@@ -130,3 +140,69 @@ def _variants(  # noqa: PLR0917 - a private helper of run()
         "send_task": bare_send,
         "direct": direct_save,
     }
+
+
+def _concurrent(
+    ctx: Context,
+    sec: Section,
+    buffered: CeleryCheckpointer,
+    durable: CeleryCheckpointer,
+    drain: Callable[[], None],
+) -> None:
+    """:data:`THREADS` threads saving at once: hand-offs per second, durable vs buffered."""
+    per_thread = ctx.scale(40, 150)
+    state = snapshot(4 * 1024)
+    rounds = 3
+    ctx.start(f"P1 {THREADS} threads", 2 * rounds)
+    rates: dict[str, list[float]] = {"buffered": [], "durable": []}
+    for r in range(rounds):
+        for mode, store in (("buffered", buffered), ("durable", durable))[:: 1 if r % 2 else -1]:
+            rates[mode].append(_rate(store, state, f"c{r}{mode[0]}", per_thread))
+            drain()
+            ctx.advance(1)
+    med = {mode: statistics.median(v) for mode, v in rates.items()}
+    for mode in ("buffered", "durable"):
+        sec.add(**{
+            "size": "4 KB", "variant": f"{THREADS} threads: CeleryCheckpointer {mode}",
+            "p50": f"{med[mode]:,.0f} saves/s", "p99": "",
+            "vs direct": "", "vs send_task": "",
+            "_rate": med[mode], "_rates": rates[mode],
+        })  # fmt: skip
+    sec.target(
+        f"{THREADS} threads: durable ≥ 0.5x buffered throughput (shown: 0.5 / ratio)",
+        0.5 * med["buffered"] / med["durable"], 1.0,
+        f"durable {med['durable']:,.0f}/s = {med['durable'] / med['buffered']:.2f}x "
+        f"buffered {med['buffered']:,.0f}/s",
+    )  # fmt: skip
+
+
+def _rate(
+    store: CeleryCheckpointer, state: AgentStateSnapshot, tag: str, per_thread: int
+) -> float:
+    """Saves per second of :data:`THREADS` threads, ``per_thread`` saves each; buffered
+    mode's time includes its publisher's flush (everything handed off is published: no
+    worker runs, so nothing becomes durable in the store)."""
+    go = threading.Barrier(THREADS + 1)
+    errors: list[BaseException] = []
+
+    def agent(i: int) -> None:
+        go.wait()
+        try:
+            for j in range(per_thread):
+                store.save_state(f"{tag}-{i}-{j}", state)
+        except BaseException as exc:  # reported below, after the join
+            errors.append(exc)
+
+    threads = [threading.Thread(target=agent, args=(i,)) for i in range(THREADS)]
+    for t in threads:
+        t.start()
+    go.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    if store._publisher is not None:  # buffered: until the publisher sent everything
+        store._publisher.flush(120)
+    seconds = time.perf_counter() - t0
+    if errors:
+        raise RuntimeError(f"P1: a concurrent save failed: {errors[0]!r}")
+    return THREADS * per_thread / seconds

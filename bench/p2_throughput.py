@@ -10,7 +10,8 @@
 - ``no-op floor``: one message per snapshot (the same 4 KB payload, the same reliability
   settings), a task that does nothing (``celery -A bench.noop_app worker -c 2``): the most
   a one-message-per-save design could reach (timed after the first 50 messages).
-- ``limit``: a pipelined redis-py loop (SET + ZADD, 100 per round trip), no Celery at all;
+- ``limit``: a pipelined redis-py loop (SET + ZADD into the thread's index shard, keys laid
+  out as the store's, 100 per round trip), no Celery at all;
   and ``RedisCheckpointer.save_many`` of 100 in-process (the worker's core path).
 
 Ours are measured per variant (``BENCH_P2_POOLS``: worker pools, task messages zstd or
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 import redis
 from agents_persistence import AgentStateSnapshot, RedisCheckpointer
 from agents_persistence.config.settings import Settings
+from agents_persistence.keys import Keys
 from agents_persistence.tasks import CeleryCheckpointer, create_app
 from agents_persistence.tasks.client.sender import TaskSender
 from agents_persistence.tasks.protocol.messages import save_message
@@ -202,12 +204,14 @@ def _limits(ctx: Context, url: str, state: AgentStateSnapshot, n: int) -> tuple[
     client = redis.Redis.from_url(url)  # the raw-write baseline: no store in between
     ctx.start("P2 limits", 2 * n)
     body = _SER.to_json(state)
+    keys = Keys("bench-p2-raw")  # the store's key layout: each thread's shard index
     t0 = time.perf_counter()
     for start in range(0, n, 100):
         pipe = client.pipeline(transaction=False)
         for i in range(start, min(n, start + 100)):
-            pipe.set(f"bench-p2-raw:thread:{i}", body)
-            pipe.zadd("bench-p2-raw:index", {str(i): 1.0})
+            tid = f"r{i}"
+            pipe.set(keys.thread(tid), body)
+            pipe.zadd(keys.index_of(keys.shard(tid)), {tid: 1.0})
         pipe.execute()
     raw = Run(n, time.perf_counter() - t0)
     ctx.advance(n)

@@ -14,17 +14,23 @@ from __future__ import annotations
 
 import os
 from functools import partial
+from typing import cast
 
 import orjson
 import redis
 from agents_persistence import AgentStateSnapshot, RedisCheckpointer
 from agents_persistence.codec import Codec
+from agents_persistence.connect import blocking_client
 
 from bench.common import SIZES, Context, Section, fmt_us, interleaved, label, ratio, snapshot
 
 __all__ = ["run"]
 
 _SER = AgentStateSnapshot.__pydantic_serializer__
+#: Save: at most 1.1x the raw write at every size. Load: 1.10x the raw floor at 4 KB (the
+#: size where the store's own work weighs most), 1.15x above.
+SAVE_LIMIT = 1.1
+LOAD_LIMITS = {4 * 1024: 1.10, 64 * 1024: 1.15, 1024 * 1024: 1.15}
 
 
 def _plain_json(state: AgentStateSnapshot) -> bytes:
@@ -49,7 +55,9 @@ def run(ctx: Context) -> Section:
     zlib_store = RedisCheckpointer.from_url(
         ctx.redis_url, namespace=f"{ns}-zlib", codec=Codec(compression="zlib")
     )
-    client = redis.Redis.from_url(ctx.redis_url)  # the raw baseline: no store in between
+    # The raw baseline, no store in between, on a client built as the store's is (the same
+    # command packer: a large value is sent as its own buffer, not copied).
+    client = cast(redis.Redis, blocking_client(ctx.redis_url))
     raw_key, raw_index = f"{ns}-raw:thread:t", f"{ns}-raw:index"
     worst_save = worst_load = 0.0
     try:
@@ -117,12 +125,13 @@ def run(ctx: Context) -> Section:
             worst_save = max(worst_save, stats["save_plain"].p50_us / raw_w)
             worst_load = max(worst_load, stats["load_plain"].p50_us / raw_l)
             sec.target(
-                f"save ≤ 1.1x raw write, {label(size)} (compression off)",
-                stats["save_plain"].p50_us / raw_w, 1.1,
+                f"save ≤ {SAVE_LIMIT:g}x raw write, {label(size)} (compression off)",
+                stats["save_plain"].p50_us / raw_w, SAVE_LIMIT,
             )  # fmt: skip
+            limit = LOAD_LIMITS[size]
             sec.target(
-                f"load ≤ 1.15x raw GET+validate, {label(size)} (compression off)",
-                stats["load_plain"].p50_us / raw_l, 1.15,
+                f"load ≤ {limit:g}x raw GET+validate, {label(size)} (compression off)",
+                stats["load_plain"].p50_us / raw_l, limit,
             )  # fmt: skip
             if size >= 16 * 1024:
                 for op in ("save", "load"):

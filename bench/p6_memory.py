@@ -13,7 +13,12 @@ import time
 
 import redis
 from agents_persistence import AgentStateSnapshot, RedisCheckpointer
-from agents_persistence.codec import Codec, Compression
+from agents_persistence.codec import (
+    DEFAULT_COMPRESS_THRESHOLD,
+    DEFAULT_COMPRESSION,
+    Codec,
+    Compression,
+)
 from agents_persistence.keys import Keys
 
 from bench.common import SIZES, Context, Section, label, snapshot
@@ -74,6 +79,10 @@ def run(ctx: Context) -> Section:
                 "vs JSON": f"{per / json_len:.2f}x",
                 "save p50": f"{times[count // 2] * 1e3:.2f} ms", "_bytes": per,
             })  # fmt: skip
+            default = (threshold, compression) == (DEFAULT_COMPRESS_THRESHOLD, DEFAULT_COMPRESSION)
+            if size == 64 * 1024 and default:
+                sec.target(f"default codec, {label(size)}: Redis memory ≤ 0.4x the JSON",
+                           per / json_len, 0.4)  # fmt: skip
             store.drop_namespace()
             client.close()
             store.close()
