@@ -20,6 +20,7 @@ process, port and temp dir, ended by PID); nothing is looked up or signalled by 
         store = RedisCheckpointer.from_url(cluster.url, namespace="ns")
         cluster.primary_for_key("ns:...").kill()   # SIGKILL by PID; a replica takes over
         cluster.wait_ready()
+        cluster.reshard(source, target, slots=2048)  # slots (and keys) move while clients run
 """
 
 from __future__ import annotations
@@ -248,13 +249,13 @@ class RedisClusterTopology(_Topology):
         argv = [self.cli, "--cluster", "create"]
         argv += [f"{n.host}:{n.port}" for n in self.nodes]
         argv += ["--cluster-replicas", str(self.replicas), "--cluster-yes"]
-        env = None
-        if self.password is not None:
-            import os
-
-            env = {**os.environ, "REDISCLI_AUTH": self.password}
         done = subprocess.run(
-            argv, capture_output=True, text=True, timeout=self.ready_timeout, env=env, check=False
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=self.ready_timeout,
+            env=self._cli_env(),
+            check=False,
         )
         if done.returncode != 0:
             raise TopologyError(
@@ -307,6 +308,47 @@ class RedisClusterTopology(_Topology):
         for start, end, primary, *_ in self._query(node, "CLUSTER", "SLOTS"):
             owners.setdefault(int(primary[1]), []).append((int(start), int(end)))
         return owners
+
+    def node_id(self, node: RedisServer) -> str:
+        """``node``'s cluster id (``CLUSTER MYID``)."""
+        raw = self._query(node, "CLUSTER", "MYID")
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+    # -- changes --------------------------------------------------------------------------------
+    def reshard(
+        self, source: RedisServer, target: RedisServer, slots: int, timeout: float = 120.0
+    ) -> None:
+        """Move ``slots`` slots (with their keys) from primary ``source`` to primary ``target``
+        while clients keep going: ``redis-cli --cluster reshard ... --cluster-yes``, which
+        takes ``source``'s lowest slots one at a time (``SETSLOT IMPORTING/MIGRATING``,
+        ``MIGRATE`` of the keys, ``SETSLOT NODE``); returns once every node agrees again."""
+        argv = [
+            self.cli, "--cluster", "reshard", f"{source.host}:{source.port}",
+            "--cluster-from", self.node_id(source), "--cluster-to", self.node_id(target),
+            "--cluster-slots", str(slots), "--cluster-yes",
+        ]  # fmt: skip
+        done = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self._cli_env(),
+            check=False,
+        )
+        if done.returncode != 0:
+            raise TopologyError(
+                f"redis-cli --cluster reshard exited with {done.returncode}:\n"
+                f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+            )
+        self.wait_ready(timeout, replicas_linked=False)
+
+    def _cli_env(self) -> dict[str, str] | None:
+        """``redis-cli``'s environment: the password in ``REDISCLI_AUTH``, never in argv."""
+        if self.password is None:
+            return None
+        import os
+
+        return {**os.environ, "REDISCLI_AUTH": self.password}
 
     # -- readiness ------------------------------------------------------------------------------
     def _node_ready(self, node: RedisServer, expected_nodes: int) -> bool:

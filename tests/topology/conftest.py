@@ -3,7 +3,8 @@
 The session-wide ``redis_cluster`` and ``redis_sentinel`` fixtures come from
 :mod:`tests.support.topologies` (through ``tests/conftest.py``, so the conformance suite
 shares them). Tests that kill nodes start topologies of their own with ``own_cluster`` /
-``own_sentinel``; every process is ended by PID.
+``own_sentinel``; every process is ended by PID. ``celery_worker_factory`` (from
+:mod:`tests.integration.conftest`) starts real worker subprocesses for the fleet tests.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from agents_persistence.tasks.devtools.topologies import (
     TopologyError,
 )
 
+from tests.integration.conftest import celery_worker_factory
 from tests.support.topologies import require_topology_binaries
+
+__all__ = ["celery_worker_factory"]  # real worker subprocesses, stopped after the test
 
 
 @pytest.fixture
