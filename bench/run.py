@@ -1,8 +1,10 @@
-"""Run the benchmarks: ``python -m bench.run [--quick] [--only P1,P3] [--redis-url URL]``.
+"""Run the benchmarks: ``python -m bench.run [--quick] [--only P1,P3] [--redis-url URL]
+[--readme]``.
 
 Without ``--redis-url`` a private ``redis-server`` on a free port serves as store and broker
 (P2 always uses one: it counts what lands). Results: a rich table per section on the
-terminal, ``bench/results/latest.json`` and ``bench/results/latest.md``.
+terminal, ``bench/results/latest.json`` and ``bench/results/latest.md``; with ``--readme``,
+also the README's performance table (:mod:`bench.readme`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from rich.progress import (
 )
 
 from bench.common import Context, Section
+from bench.readme import SECTIONS as README_SECTIONS
+from bench.readme import render, update
 from bench.report import rich_table, write
 
 SECTIONS = {
@@ -62,6 +66,12 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         help="PostgreSQL for P5's PostgresSaver",
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where latest.* go")
+    parser.add_argument(
+        "--readme",
+        action="store_true",
+        help=f"run {','.join(README_SECTIONS)} (unless --only) and write the README's "
+        "performance table from this run",
+    )
     return parser.parse_args(argv)
 
 
@@ -84,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (1 if a section failed)."""
     argv = sys.argv[1:] if argv is None else argv
     args = _args(argv)
-    wanted = [s.strip().upper() for s in args.only.split(",") if s.strip()] or list(SECTIONS)
+    default = list(README_SECTIONS) if args.readme else list(SECTIONS)
+    wanted = [s.strip().upper() for s in args.only.split(",") if s.strip()] or default
     unknown = [s for s in wanted if s not in SECTIONS]
     if unknown:
         print(f"unknown sections: {', '.join(unknown)}", file=sys.stderr)
@@ -134,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
                 progress.console.print(rich_table(sec))
         js, md = write(args.out, meta, sections)
         console.print(f"wrote {js} and {md}")
+        if args.readme:
+            console.print(f"wrote the performance table of {update(render(meta, sections))}")
     finally:
         if server is not None:
             server.close()
