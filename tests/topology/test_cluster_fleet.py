@@ -31,9 +31,10 @@ from typing import Any, Literal
 
 import pytest
 import redis
-from agents_persistence import PersistenceError, RedisCheckpointer, VersionClock
+from agents_persistence import PersistenceError, RedisCheckpointer, VersionClock, redis_store
 from agents_persistence.config import Settings
 from agents_persistence.keys import Keys
+from agents_persistence.redis_ops import Asked, Pipeline, follow_ask
 from agents_persistence.tasks import CeleryCheckpointer, create_app
 from agents_persistence.tasks.broker.redis_transport import INFLIGHT_REGISTRY
 from agents_persistence.tasks.devtools.topologies import RedisClusterTopology
@@ -291,9 +292,20 @@ def test_a_primary_sigkilled_under_a_worker_fleet_loses_nothing(
 
 
 def test_slots_moving_under_a_worker_fleet_lose_nothing_and_the_agent_sees_no_error(
-    cluster_fleet: ClusterFleet, capsys: pytest.CaptureFixture[str]
+    cluster_fleet: ClusterFleet,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     fleet, cluster, store = cluster_fleet, cluster_fleet.cluster, cluster_fleet.store
+    asks: list[Asked] = []  # in this process (the agent's reads): ASK answers followed
+
+    def follow(request: Pipeline, replies: list[Any]) -> Asked | None:
+        asked = follow_ask(request, replies)
+        if asked is not None:
+            asks.append(asked)
+        return asked
+
+    monkeypatch.setattr(redis_store, "follow_ask", follow)
     fleet.worker()
     fleet.worker()
     agents = Agents(fleet, thread_ids("agent", THREADS)).start()
@@ -319,7 +331,7 @@ def test_slots_moving_under_a_worker_fleet_lose_nothing_and_the_agent_sees_no_er
     _report(
         "cluster: slots resharded round the primaries under a worker fleet", agents, fleet,
         capsys, reshards=moves, reshard_s=round(resharding, 1), settled_s=round(settled, 1),
-        agent_reads=reader_reads,
+        agent_reads=reader_reads, agent_asks_followed=len(asks),
     )  # fmt: skip
     assert cluster.slot_ranges() == before
     assert reader.errors == [], reader.errors[:5]
