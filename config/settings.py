@@ -17,7 +17,9 @@ Changing one setting never makes the others' defaults invalid. Where a check rel
 fields, the one left unset follows the one that was set (a larger soft time limit raises the
 hard one, a longer retry span lengthens the tombstone lifetime, ...); a value is refused only
 when it cannot work with values that were set too, or falls outside its own documented
-range. A compression threshold above the size cap simply never compresses.
+range. A compression threshold above the size cap simply never compresses. One value needs
+another field set: ``queue_type = "quorum"`` is a RabbitMQ queue type, refused unless
+``broker_url`` is a RabbitMQ URL (the default broker, the store's Redis, has nothing to follow).
 """
 
 from __future__ import annotations
@@ -80,6 +82,8 @@ _REDIS_SCHEMES = frozenset(
 )
 #: Schemes whose URL lists several ``host:port`` (agents_persistence.connect parses them).
 _MULTI_HOST_SCHEMES = frozenset(s for s in _REDIS_SCHEMES if "+" in s)
+#: Broker schemes of RabbitMQ, the only broker with quorum queues.
+_AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
 _BROKER_SCHEMES = frozenset({"redis", "rediss", "amqp", "amqps", "pyamqp", "memory"})
 
 
@@ -159,6 +163,13 @@ class Settings(BaseSettings):
         description="Celery queue the hand-offs go to and the workers consume; unset: the "
         "namespace's own (agents_persistence for the namespace agents, "
         "agents_persistence.<namespace> for any other).",
+    )
+    queue_type: Literal["classic", "quorum"] = Field(
+        default="classic",
+        description="RabbitMQ type of that queue: classic, or quorum (replicated over the "
+        "RabbitMQ cluster; retries' countdowns wait in the broker). Needs an amqp:// or "
+        "amqps:// broker. A queue keeps the type it was created with: to switch, use a new "
+        "queue name or delete the drained queue.",
     )
 
     # -- retention ------------------------------------------------------------------------
@@ -394,6 +405,13 @@ class Settings(BaseSettings):
                     "retry_max_backoff_seconds is below retry_initial_backoff_seconds"
                 )
         self._time_limits(given)
+        if self.queue_type == "quorum":
+            scheme = urlsplit(self.broker.get_secret_value()).scheme
+            if scheme not in _AMQP_SCHEMES:
+                raise ValueError(
+                    "queue_type quorum needs a RabbitMQ broker (amqp:// or amqps://), "
+                    f"not a {scheme}:// broker: quorum queues are RabbitMQ's"
+                )
         floor = self.redelivery_window_seconds
         if "tombstone_ttl_seconds" not in given:
             self._derive("tombstone_ttl_seconds", max(_TOMBSTONE_TTL, floor))

@@ -5,10 +5,11 @@ exits with 1 when any check fails, so it can gate a deployment or run as a probe
 
 The checks: the store answers; it refuses writes under memory pressure instead of evicting
 (``maxmemory-policy noeviction``); it keeps data across a restart or failover (AOF, or a
-connected replica); the broker answers; a worker answers ``celery inspect ping`` and
-consumes the namespace's queue; the broker's visibility timeout outlasts a task with its
-retry countdown; tombstones outlive every redelivery; and this machine's clock agrees with
-the store's (versions are clock-based across processes).
+connected replica); the broker answers; RabbitMQ takes the queue's declaration (no classic
+queue met with ``queue_type`` quorum, or the other way round); a worker answers ``celery
+inspect ping`` and consumes the namespace's queue; the broker's visibility timeout
+outlasts a task with its retry countdown; tombstones outlive every redelivery; and this
+machine's clock agrees with the store's (versions are clock-based across processes).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import click
 from agents_persistence.config.settings import Settings, redact_url
 from agents_persistence.redis_store import RedisCheckpointer
+from agents_persistence.tasks.broker.queues import SWITCH_FIX, declare_problem
 from agents_persistence.tasks.cli.context import Context, pass_context
 from agents_persistence.tasks.worker.app import PersistenceApp
 from rich.markup import escape
@@ -53,6 +55,8 @@ def run_checks(
         yield _persistence(infos)
     broker = _broker(app, timeout)
     yield broker
+    if broker.ok and app.conf.broker_url.startswith(("amqp", "pyamqp")):
+        yield _queue(app, settings)
     if broker.ok:
         yield _workers(app, settings, timeout)
     else:
@@ -138,6 +142,17 @@ def _broker(app: PersistenceApp, timeout: float) -> Check:
             "start the broker or fix AGENTS_PERSISTENCE_BROKER_URL",
         )
     return Check("broker reachable", True, url)
+
+
+def _queue(app: PersistenceApp, settings: Settings) -> Check:
+    name = f"{settings.queue_type} queue"
+    try:
+        problem = declare_problem(app, settings)
+    except Exception as exc:
+        return Check(name, False, f"declaring {settings.queue}: {type(exc).__name__}: {exc}")
+    if problem is not None:
+        return Check(name, False, problem, SWITCH_FIX)
+    return Check(name, True, f"RabbitMQ holds {settings.queue} as a {settings.queue_type} queue")
 
 
 def _workers(app: PersistenceApp, settings: Settings, timeout: float) -> Check:

@@ -9,6 +9,7 @@ from typing import Any, cast
 from agents_persistence.base import BaseCheckpointer
 from agents_persistence.config.settings import Settings
 from agents_persistence.redis_store import RedisCheckpointer
+from agents_persistence.tasks.broker.queues import celery_queue_options
 from agents_persistence.tasks.protocol.compression import (
     install_message_compression,
     message_body_limit,
@@ -34,6 +35,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     - The visibility timeout (Redis broker) exceeds the hard time limit plus the longest
       retry countdown, so healthy messages are not redelivered while they run or wait.
     - No result backend: durability is read from the store itself (``flush``/``wait``).
+    - RabbitMQ: publisher confirms (a hand-off returns once the broker holds it), on a
+      classic or a quorum queue (``queue_type``).
     - Remote control and task events on every broker: ``celery inspect``/``status`` and
       Flower see the workers; events are JSON like everything else.
     """
@@ -124,6 +127,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         },
         "timezone": "UTC",
         "enable_utc": True,
+        # A quorum queue (queue_type): declared with its arguments, retries delayed in
+        # the broker (agents_persistence.tasks.broker.queues).
+        **celery_queue_options(settings),
     }
 
 
