@@ -19,6 +19,7 @@ if _typing.TYPE_CHECKING:
     from agents_persistence.checkpoint import Checkpoint, PreparedSave, WriteOutcome, WriteResult
     from agents_persistence.codec import Codec
     from agents_persistence.errors import (
+        BrokerMisconfigured,
         CorruptState,
         FlushTimeout,
         HandOffError,
@@ -54,6 +55,7 @@ _EXPORTS: dict[str, str] = {
     "AgentStateSnapshot": "models",
     "AsyncRedisCheckpointer": "async_store",
     "BaseCheckpointer": "base",
+    "BrokerMisconfigured": "errors",
     "Checkpoint": "checkpoint",
     "Checkpointer": "protocol",
     "Codec": "codec",
@@ -92,6 +94,7 @@ __all__ = [
     "AgentStateSnapshot",
     "AsyncRedisCheckpointer",
     "BaseCheckpointer",
+    "BrokerMisconfigured",
     "Checkpoint",
     "Checkpointer",
     "Codec",

@@ -17,7 +17,9 @@
     │   │                            scripts cannot be loaded: no retry fixes it, an operator must
     │   └── LegacyLayout             a namespace of the single-index layout met on a Redis Cluster
     └── HandOffError                 a snapshot could not be handed to the broker
-        └── FlushTimeout             flush() / wait() ran out of time; names what is pending
+        ├── FlushTimeout             flush() / wait() ran out of time; names what is pending
+        └── BrokerMisconfigured      the broker refuses the queue's declaration (a classic
+                                     queue met with queue_type quorum, ...): no retry fixes it
 
 Each error raised because of another one is chained to it (``raise ... from exc``).
 """
@@ -27,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 __all__ = [
+    "BrokerMisconfigured",
     "CorruptState",
     "FlushTimeout",
     "HandOffError",
@@ -161,3 +164,20 @@ class FlushTimeout(HandOffError, TimeoutError):
         super().__init__(f"{len(pending)} hand-off(s) not durable after {timeout}s: {shown}{more}")
         self.pending = list(pending)
         self.timeout = timeout
+
+
+class BrokerMisconfigured(HandOffError):
+    """The broker refuses to declare the hand-off queue as the settings describe it (RabbitMQ
+    ``PRECONDITION_FAILED``: the queue, or its exchange, exists with another type or other
+    arguments, typically a classic queue met with ``queue_type = "quorum"``). No retry fixes
+    it: nothing was enqueued, the caller still holds its state, an operator must act.
+
+    Attributes:
+        queue: the hand-off queue.
+        reason: what the broker said, and how to fix it.
+    """
+
+    def __init__(self, queue: str, reason: str) -> None:
+        super().__init__(f"broker misconfigured for queue {queue!r}: {reason}")
+        self.queue = queue
+        self.reason = reason

@@ -28,6 +28,8 @@ from contextlib import ExitStack, contextmanager, suppress
 from typing import Any
 
 import orjson
+from agents_persistence.errors import BrokerMisconfigured
+from agents_persistence.tasks.broker.queues import SWITCH_FIX, mismatch
 from celery import Celery, signals
 from kombu.utils.uuid import uuid
 
@@ -73,7 +75,13 @@ class TaskSender:
         Raises:
             kombu.exceptions.OperationalError, OSError: the broker did not accept it
                 within the retry policy (as ``send_task`` raises).
+            BrokerMisconfigured: RabbitMQ refuses the queue's declaration (a classic
+                queue met with ``queue_type = "quorum"``, or the other way round).
         """
+        with self._refusal_typed():
+            self._send(name, kwargs, kwargsrepr)
+
+    def _send(self, name: str, kwargs: dict[str, Any], kwargsrepr: str) -> None:
         if _hooked():
             self._send_task(name, kwargs, kwargsrepr)
             return
@@ -149,6 +157,18 @@ class TaskSender:
         if queue is None or queue.channel is not channel:
             queue = self._held.queue = self._queue.bind(channel)
         return queue
+
+    @contextmanager
+    def _refusal_typed(self) -> Iterator[None]:
+        """RabbitMQ's refusal of the queue's declaration as :class:`BrokerMisconfigured`
+        (no retry fixes it); every other error as it is."""
+        try:
+            yield
+        except Exception as exc:
+            if not mismatch(exc):
+                raise
+            text = getattr(exc, "reply_text", None) or str(exc)
+            raise BrokerMisconfigured(self.queue_name, f"{text}; {SWITCH_FIX}") from exc
 
     @contextmanager
     def _giving_back_on_error(self, held: Any) -> Iterator[None]:

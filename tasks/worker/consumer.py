@@ -33,13 +33,15 @@ decompressors are replaced, in the worker, by one that refuses.
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import logging
 import time
 from typing import TYPE_CHECKING, Any, cast
 
 from agents_persistence.backoff import Backoff
-from agents_persistence.errors import StoreMisconfigured
+from agents_persistence.errors import BrokerMisconfigured, StoreMisconfigured
+from agents_persistence.tasks.broker.queues import SWITCH_FIX, mismatch
 from agents_persistence.tasks.protocol.compression import (
     MESSAGE_COMPRESSION,
     CompressedBodyRefused,
@@ -135,7 +137,33 @@ class DeadLetterConsumer(Consumer):
         conn = super().connect()
         if hasattr(conn.transport, "on_unparsable"):
             conn.transport.on_unparsable = self._record_unparsable
+        if conn.transport.driver_type == "amqp":
+            self._check_queues(conn)
         return conn
+
+    def _check_queues(self, conn: Any) -> None:
+        """Declare the queues this worker consumes as the settings describe them; a queue
+        RabbitMQ holds with another type or other arguments (a classic queue met with
+        ``queue_type = "quorum"``) stops the worker with one CRITICAL line saying how to
+        fix it, rather than a traceback from deep inside Celery's consumer start.
+
+        Raises:
+            BrokerMisconfigured: RabbitMQ refused a declaration (Celery then ends the
+                worker: no restart of the consumer fixes it).
+        """
+        for queue in list(self.app.amqp.queues.consume_from.values()):
+            channel = conn.channel()
+            try:
+                queue.bind(channel).declare()
+            except Exception as exc:
+                if not mismatch(exc):
+                    raise
+                text = getattr(exc, "reply_text", None) or str(exc)
+                logger.critical("queue %s: %s; %s", queue.name, text, SWITCH_FIX)
+                raise BrokerMisconfigured(queue.name, f"{text}; {SWITCH_FIX}") from exc
+            finally:
+                with contextlib.suppress(Exception):  # closed already by a refusal
+                    channel.close()
 
     def _record_unparsable(self, record: dict[str, Any]) -> None:
         """Dead-letter a queue entry the transport could not parse (raises if the store

@@ -44,6 +44,7 @@ from agents_persistence.errors import (
     StoreUnavailable,
 )
 from agents_persistence.metrics import metrics
+from agents_persistence.tasks.broker.queues import broker_countdown
 from agents_persistence.tasks.protocol.messages import (
     ForeignNamespace,
     entry_kwargs,
@@ -179,9 +180,12 @@ class PersistenceTask(Task):  # type: ignore[type-arg]
         """Jittered exponential backoff for the next Celery retry.
 
         Drawn from ``Settings.task_backoff``, the schedule whose sum the settings check
-        tombstone lifetimes against.
+        tombstone lifetimes against (at least a second on a quorum queue, whose delayed
+        delivery counts whole seconds: :func:`~agents_persistence.tasks.broker.queues.
+        broker_countdown`).
         """
-        return self.papp.settings.task_backoff.delay(self.request.retries)
+        settings = self.papp.settings
+        return broker_countdown(settings, settings.task_backoff.delay(self.request.retries))
 
     def dead_letter(
         self,
@@ -274,7 +278,8 @@ class PersistenceTask(Task):  # type: ignore[type-arg]
         """
         if self.request.is_eager:
             raise exc
-        countdown = self.papp.settings.task_backoff.delay(_HOLD_RETRY)
+        settings = self.papp.settings
+        countdown = broker_countdown(settings, settings.task_backoff.delay(_HOLD_RETRY))
         try:
             held = self.signature_from_request(
                 self.request, tuple(args), dict(kwargs), countdown=countdown

@@ -107,11 +107,13 @@ def rabbitmq_url() -> str:
 
 
 def delete_amqp_queue(url: str, queue: str) -> None:
-    """Delete ``queue`` and the direct exchange Celery declared under the same name."""
+    """Delete ``queue``, the direct exchange Celery declared under the same name and, for
+    a quorum queue, its topic exchange (``<queue>.quorum``)."""
     with Connection(url, connect_timeout=5) as conn:
         channel: Any = conn.default_channel
         channel.queue_delete(queue)
         channel.exchange_delete(queue)
+        channel.exchange_delete(f"{queue}.quorum")
 
 
 # -- the stack --------------------------------------------------------------------------------
