@@ -6,6 +6,7 @@ both layouts while it runs."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import fakeredis
 import pytest
@@ -323,3 +324,35 @@ def test_a_namespace_of_a_release_that_did_not_record_its_layout_migrates() -> N
     _client(server).delete("ns:layout")
     assert migrate_namespace(_client(server), NS, batch=100).finished
     _check_migrated(server, expected)
+
+
+def _crate_load(raw: fakeredis.FakeRedis, tid: str) -> AgentStateSnapshot | None:
+    """The crate's load_state: GET ``<ns>:thread:<id>``, the whole value parsed as JSON
+    (serde_json::from_str; an error if that fails), None if the key is absent."""
+    value = raw.get(f"{NS}:thread:{tid}")
+    if value is None:
+        return None
+    json.loads(value)  # the whole value, as serde_json::from_str parses it
+    return AgentStateSnapshot.model_validate_json(value)
+
+
+def _crate_list(raw: fakeredis.FakeRedis) -> set[str]:
+    """The crate's list_threads: SMEMBERS ``<ns>:threads``."""
+    return {m.decode() for m in raw.smembers(f"{NS}:threads")}
+
+
+def test_what_the_rust_crate_reads_before_and_after_migration() -> None:
+    """Before: the threads it wrote (not those this package saved: not JSON). After: nothing
+    at all (no error either): the sharded keys are not its keys, and its set is gone."""
+    server = fakeredis.FakeServer()
+    _plant(server)
+    raw = _client(server)
+    assert _crate_load(raw, "crate1") == AgentStateSnapshot.model_validate_json(SEED_JSON)
+    with pytest.raises(json.JSONDecodeError):
+        _crate_load(raw, "t1")  # our record, in the single-index layout
+    assert _crate_list(raw) == {"crate0", "crate1", "crate2"}
+    migrate_namespace(raw, NS)
+    for tid in ("crate1", "t1", "t4"):
+        assert _crate_load(raw, tid) is None
+    assert _crate_list(raw) == set()
+    assert _store(server).load_checkpoint("crate1") is not None  # this package still reads it
