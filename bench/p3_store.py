@@ -89,7 +89,7 @@ def run(ctx: Context) -> Section:
                     "load_plain": lambda: plain.load_state("t"),
                 },
                 n,
-                rounds=10,
+                rounds=30,  # fine-grained: the floors are ratios of these four
                 tick=ctx.advance,
             )
             stats |= interleaved(

@@ -63,9 +63,9 @@ _LARGE_ARG: Final = 6000
 class CommandPacker:
     """Packs commands for redis-py's connections: with hiredis for commands of small
     arguments, and without copying a large bytes argument (a record) into the packed
-    command, which hiredis's packer does: a second allocation of the record's size, whose
-    pages are faulted in afresh (a ``MULTI; SET <1 MB>; ZADD; EXEC`` took 4.4 ms with it and
-    0.7 ms sending the value as its own buffer, on a loaded 2-vCPU machine). Replies are
+    command, which hiredis's packer does: a second allocation and copy of the record's
+    size (a ``MULTI; SET <1 MB>; ZADD; EXEC`` took 4.4 ms with it and 0.7 ms sending the
+    value as its own buffer, median of 500 each, on a loaded 2-vCPU machine). Replies are
     still parsed by hiredis.
 
     Given to a single server's connections by :func:`blocking_client` (``command_packer``),
