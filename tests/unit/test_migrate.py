@@ -338,7 +338,7 @@ def _crate_load(raw: fakeredis.FakeRedis, tid: str) -> AgentStateSnapshot | None
 
 def _crate_list(raw: fakeredis.FakeRedis) -> set[str]:
     """The crate's list_threads: SMEMBERS ``<ns>:threads``."""
-    return {m.decode() for m in raw.smembers(f"{NS}:threads")}
+    return {m.decode() if isinstance(m, bytes) else m for m in raw.smembers(f"{NS}:threads")}
 
 
 def test_what_the_rust_crate_reads_before_and_after_migration() -> None:
@@ -356,3 +356,26 @@ def test_what_the_rust_crate_reads_before_and_after_migration() -> None:
         assert _crate_load(raw, tid) is None
     assert _crate_list(raw) == set()
     assert _store(server).load_checkpoint("crate1") is not None  # this package still reads it
+
+
+def test_a_store_of_the_migrating_layout_notices_the_end() -> None:
+    server = fakeredis.FakeServer()
+    expected = _plant(server)
+    _interrupted(server, 2)
+    during = _store(server)
+    assert during.load_checkpoint("t5") is not None
+    assert during._ops.old is not None
+
+    async def save_async() -> None:  # the asyncio store moves the thread the same way
+        store = AsyncRedisCheckpointer(fakeredis.aioredis.FakeRedis(server=server), namespace=NS)
+        assert (await store.save_state("t6", _state(6), version=700)).written
+        assert store._ops.old is not None
+
+    asyncio.run(save_async())
+    assert not _client(server).exists(f"{NS}:thread:t6")
+    migrate_namespace(_client(server), NS)
+    assert during.save_state("t5", _state(5), version=800).written  # the move finds the end
+    assert during.load_checkpoint("t5") is not None
+    assert during._ops.old is None  # the layout read again: sharded only
+    expected.update(t5=800, t6=700)
+    _check_migrated(server, expected)
