@@ -5,12 +5,20 @@ between two nodes."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import fakeredis
+import fakeredis.aioredis
 import pytest
 import redis.exceptions as rex
-from agents_persistence import AgentStateSnapshot, RedisCheckpointer, RetryPolicy, WriteResult
+from agents_persistence import (
+    AgentStateSnapshot,
+    AsyncRedisCheckpointer,
+    RedisCheckpointer,
+    RetryPolicy,
+    WriteResult,
+)
 from agents_persistence.checkpoint import WriteOutcome
 from agents_persistence.redis_ops import Pipeline, SlotMoved, follow_ask, waited
 
@@ -211,3 +219,63 @@ def test_a_save_answered_ask_in_a_batch_is_sent_to_the_importing_node() -> None:
     assert _scripts_to(fake, "a", "t1") == 1  # followed, not retried
     assert _scripts_to(fake, "a", "t0") == 1
     assert store.load_state("t1") == AgentStateSnapshot(scratchpad={"n": 1})
+
+
+# -- the asyncio store's driver ----------------------------------------------------------------
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class _AsyncMigratingFake(fakeredis.aioredis.FakeRedis):
+    """The asyncio twin of :class:`_MigratingFake`'s routing (its node pipelines are
+    replaced in the test: the store builds real node clients from the nodes otherwise)."""
+
+    nodes_manager = None
+
+    def get_node_from_key(self, key: bytes | str) -> _Node:
+        return _Node("a")
+
+    def get_node(self, host: str, port: int) -> _Node:
+        return _Node(f"{host}:{port}")
+
+
+@pytest.mark.anyio
+async def test_the_asyncio_store_follows_ask_and_retries_tryagain(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake = _AsyncMigratingFake()
+    store = AsyncRedisCheckpointer(fake, namespace="ns", retry=FAST)
+    store._ops.cluster = True
+    refuse: dict[str, Exception] = {}
+    log: list[tuple[str, tuple[Any, ...]]] = []
+
+    async def node_pipeline(node: _Node, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        replies: list[Any] = []
+        for args in commands:
+            log.append((node.name, args))
+            thread = str(args[8]) if args[0] == "EVALSHA" else None
+            if args[0] == "ASKING":
+                replies.append(b"OK")
+            elif node.name == "a" and thread in refuse:
+                replies.append(refuse.pop(thread))
+            else:
+                pipe = fake.pipeline(transaction=False)
+                pipe.execute_command(*args)
+                replies.append((await pipe.execute(raise_on_error=False))[0])
+        return replies
+
+    monkeypatch.setattr(store, "_node_pipeline", node_pipeline)
+    state = AgentStateSnapshot(scratchpad={"n": 1})
+    await store.save_many([store.prepare(f"warm{i}", state) for i in range(2)])
+    log.clear()
+    refuse["t1"] = _ask()
+    refuse["t2"] = rex.TryAgainError("Multiple keys request during rehashing of slot")
+    saves = [store.prepare(f"t{i}", state, version=5) for i in range(4)]
+    results = await store.save_many(saves)
+    assert all(isinstance(r, WriteResult) for r in results), results
+    assert next(args for node, args in log if node == IMPORTING) == ("ASKING",)
+    assert await store.stored_versions(["t0", "t1", "t2", "t3"]) == dict.fromkeys(
+        ["t0", "t1", "t2", "t3"], 5
+    )
+    await store.aclose()
