@@ -8,6 +8,8 @@
   second worker running on: RabbitMQ gives the dead consumer's unacknowledged messages
   back (each message a victim had received and not ended, by its log, is run by another
   worker afterwards), lost = 0, nothing left in the queue.
+- RabbitMQ unreachable, then hung, at hand-off (a TCP proxy): HandOffError within the bound
+  or handed off, the worker reconnects to its quorum queue, lost = 0.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from tests.faults.outage import (
 )
 from tests.faults.producers import Stream, thread_ids
 from tests.faults.reconcile import Ledger
+from tests.faults.tcpproxy import TcpProxy
 from tests.integration.conftest import RABBITMQ_URL
 from tests.support.celery_worker import CeleryWorker
 from tests.support.rabbitmq import delayed_messages, queue_type_on_broker
@@ -141,3 +144,58 @@ def test_sigkill_worker_group_mid_batch_rabbitmq_quorum(
     assert survivor.running
     assert fleet.waiting_in_broker() == 0
     assert fleet.dead_letters() == 0
+
+
+@pytest.mark.timeout(240)
+def test_broker_down_at_handoff_rabbitmq_quorum(
+    fleet_factory: FleetFactory, report: Report
+) -> None:
+    """Fault 7 on a quorum queue: RabbitMQ, behind a TCP proxy, refuses connections for 3 s,
+    later hangs for 6 s, for agents and worker alike. Each save_state hands off or raises
+    HandOffError within ``handoff_timeout``; the worker reconnects (declaring its queue
+    again) and stores everything handed off: lost = 0."""
+    proxy = TcpProxy(("127.0.0.1", 5672)).start()
+    try:
+        fleet = fleet_factory(
+            broker="rabbitmq", queue_type="quorum", publish_timeout_seconds=1.0,
+            broker_url=proxy.url("amqp://guest:guest@127.0.0.1:{port}//"),
+        )  # fmt: skip
+        worker = fleet.worker(concurrency=2)
+        client = fleet.client()
+        ledger = Ledger()
+        stream = Stream(client, ledger, thread_ids("qdown", 600), total=1200, producers=4,
+                        rate=100)  # fmt: skip
+        stream.start()
+        failures: dict[str, int] = {}
+        for mark, kind, seconds in ((300, "refused", 3.0), (700, "hung", 6.0)):
+            stream.wait_for(mark)
+            before = _failed(ledger)
+            if kind == "refused":
+                proxy.down()
+            else:
+                proxy.blackhole()
+            time.sleep(seconds)  # the outage's length; the counts are read after it ends
+            proxy.up()
+            failures[kind] = _failed(ledger) - before
+        stream.join()
+        settle = fleet.await_outcomes(ledger, timeout=120)
+        result = row(
+            report, "7 broker down at hand-off (rabbitmq quorum)", ledger, fleet,
+            failed_refused=failures["refused"], failed_hung=failures["hung"],
+            max_handoff_s=round(stream.max_latency, 2),
+            bound_s=round(client.handoff_timeout, 1), settle_s=round(settle, 1),
+        )  # fmt: skip
+        assert stream.max_latency <= client.handoff_timeout
+        assert failures["refused"] > 0, failures
+        assert failures["hung"] > 0, failures
+        assert {s.error for s in ledger.saves if s.error} == {"HandOffError"}
+        assert result.durable > 0
+        assert worker.running, worker.log_tail()
+        assert worker.log_count("BrokerMisconfigured") == 0
+        assert fleet.waiting_in_broker() == 0
+    finally:
+        proxy.close()
+
+
+def _failed(ledger: Ledger) -> int:
+    return sum(1 for s in ledger.saves if s.error is not None)
