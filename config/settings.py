@@ -31,10 +31,13 @@ from urllib.parse import urlsplit
 from agents_persistence.backoff import Backoff
 from agents_persistence.config.urls import (
     DEFAULT_QUEUE,
+    SENTINEL_BROKER_SCHEMES,
+    SentinelBroker,
     password_in_userinfo,
     query_problem,
     queue_for,
     redact_url,
+    sentinel_broker,
 )
 from agents_persistence.validation import MAX_TTL_SECONDS, check_namespace
 from pydantic import (
@@ -84,11 +87,29 @@ _REDIS_SCHEMES = frozenset(
 _MULTI_HOST_SCHEMES = frozenset(s for s in _REDIS_SCHEMES if "+" in s)
 #: Broker schemes of RabbitMQ, the only broker with quorum queues.
 _AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
-_BROKER_SCHEMES = frozenset({"redis", "rediss", "amqp", "amqps", "pyamqp", "memory"})
+_BROKER_SCHEMES = frozenset(
+    {"redis", "rediss", "amqp", "amqps", "pyamqp", "memory", *SENTINEL_BROKER_SCHEMES}
+)
+#: Brokers whose publishes can wait for replicas (``broker_replica_acks``).
+_REDIS_BROKER_SCHEMES = frozenset({"redis", "rediss", "unix", *SENTINEL_BROKER_SCHEMES})
+_NO_CLUSTER_BROKER = (
+    "cannot be a Redis Cluster: kombu has no Redis Cluster transport; use a separate Redis "
+    "(redis://), a Sentinel group (sentinel://, redis+sentinel://) or RabbitMQ (amqp://) "
+    "as the broker"
+)
 
 
 def _check_url(value: SecretStr, schemes: frozenset[str], what: str) -> SecretStr:
     raw = value.get_secret_value()
+    scheme = raw.partition("://")[0].lower()
+    if "cluster" in scheme and "cluster" not in "".join(schemes):
+        raise ValueError(f"{what} {_NO_CLUSTER_BROKER}")
+    if scheme in schemes and scheme in SENTINEL_BROKER_SCHEMES:
+        try:
+            sentinel_broker(raw)
+        except ValueError as exc:
+            raise ValueError(f"{what} {exc}") from None
+        return value
     try:
         parts = urlsplit(raw)
         multi_host = parts.scheme in _MULTI_HOST_SCHEMES  # host:port,host:port,...
@@ -153,7 +174,16 @@ class Settings(BaseSettings):
         description="The store: a redis://, rediss:// or unix:// URL.",
     )
     broker_url: SecretStr | None = Field(
-        default=None, description="Celery broker URL; default: the store's server."
+        default=None,
+        description="Celery broker URL: redis://, rediss://, sentinel:// (kombu's spelling) or "
+        "redis+sentinel:// (the store's), amqp://; default: the store's server (a Redis "
+        "Cluster cannot be a broker).",
+    )
+    broker_master_name: str | None = Field(
+        default=None,
+        min_length=1,
+        description="The service name of a sentinel:// broker (kombu's master_name); a "
+        "redis+sentinel:// broker URL names it in its path.",
     )
     namespace: str = Field(default="agents", description="First segment of every key.")
     queue: str = Field(
@@ -222,6 +252,14 @@ class Settings(BaseSettings):
         gt=0,
         le=60,
         description="How long one write waits for its replica acks before it is retried.",
+    )
+    broker_replica_acks: int | None = Field(
+        default=None,
+        ge=0,
+        le=100,
+        description="A Redis broker accepts a message (a hand-off, a worker's retry) only once "
+        "this many replicas hold it (WAIT after the push; else the publish is retried, then "
+        "fails); unset: replica_acks on a Sentinel broker, 0 on any other.",
     )
 
     # -- the store's connection and retry policy (tenacity) --------------------------------
@@ -380,6 +418,13 @@ class Settings(BaseSettings):
     def _broker_url_ok(cls, v: SecretStr | None) -> SecretStr | None:
         return None if v is None else _check_url(v, _BROKER_SCHEMES, "broker_url")
 
+    @field_validator("broker_master_name")
+    @classmethod
+    def _master_name_ok(cls, v: str | None) -> str | None:
+        if v is not None and (v != v.strip() or "/" in v or ";" in v):
+            raise ValueError("broker_master_name has spaces around it, or a / or ;")
+        return v
+
     @field_validator("namespace")
     @classmethod
     def _namespace_ok(cls, v: str) -> str:
@@ -405,6 +450,7 @@ class Settings(BaseSettings):
                     "retry_max_backoff_seconds is below retry_initial_backoff_seconds"
                 )
         self._time_limits(given)
+        self._broker_replication(given)
         if self.queue_type == "quorum":
             scheme = urlsplit(self.broker.get_secret_value()).scheme
             if scheme not in _AMQP_SCHEMES:
@@ -445,6 +491,34 @@ class Settings(BaseSettings):
         if soft <= call:
             raise ValueError(f"task_soft_time_limit_seconds must exceed {call_text}")
 
+    def _broker_replication(self, given: set[str]) -> None:
+        """The Sentinel broker's service name, and the replicas a broker message waits for."""
+        raw = (self.broker_url or self.redis_url).get_secret_value()
+        scheme = raw.partition("://")[0].lower()
+        sentinel = sentinel_broker(raw) if self.broker_url is not None else None
+        if self.broker_url is None and scheme in SENTINEL_BROKER_SCHEMES:
+            sentinel = sentinel_broker(raw)  # the store's own URL, checked as the store's
+        if sentinel is not None:
+            named, master = sentinel.master_name, self.broker_master_name
+            if named is not None and master is not None and named != master:
+                raise ValueError(
+                    "broker_master_name differs from the service the broker URL names"
+                )
+            if named is None and master is None:
+                raise ValueError(
+                    "a sentinel:// broker_url needs broker_master_name (the service the "
+                    "sentinels know the primary by), or write it as "
+                    "redis+sentinel://host:port,host:port/<service>"
+                )
+        if "broker_replica_acks" not in given:
+            acks = self.replica_acks if sentinel is not None else 0
+            self._derive("broker_replica_acks", acks)
+        elif self.broker_replica_acks and scheme not in _REDIS_BROKER_SCHEMES:
+            raise ValueError(
+                "broker_replica_acks applies to Redis brokers (redis://, rediss://, "
+                "sentinel://); RabbitMQ replicates with publisher confirms on its own queues"
+            )
+
     def _derive(self, name: str, value: object) -> None:
         # Settings are frozen; this runs once, inside validation, for a field left unset.
         self.__dict__[name] = value
@@ -480,9 +554,30 @@ class Settings(BaseSettings):
     @property
     def broker(self) -> SecretStr:
         """The broker URL actually used (the store's server unless set), its password in
-        the user info even if it was given as ``?password=`` (kombu reads only that)."""
+        the user info even if it was given as ``?password=`` (kombu reads only that); a
+        Sentinel broker in kombu's spelling (:attr:`broker_sentinel`)."""
+        sentinel = self.broker_sentinel
+        if sentinel is not None:
+            return SecretStr(sentinel.url)
         url = self.broker_url if self.broker_url is not None else self.redis_url
         return SecretStr(password_in_userinfo(url.get_secret_value()))
+
+    @property
+    def broker_sentinel(self) -> SentinelBroker | None:
+        """The broker behind Redis Sentinel, its service name resolved; None for any other
+        broker."""
+        url = self.broker_url if self.broker_url is not None else self.redis_url
+        found = sentinel_broker(url.get_secret_value())
+        if found is None or found.master_name is not None:
+            return found
+        return SentinelBroker(
+            url=found.url,
+            sentinels=found.sentinels,
+            master_name=self.broker_master_name,
+            tls=found.tls,
+            sentinel_options=found.sentinel_options,
+            ssl_options=found.ssl_options,
+        )
 
     @property
     def task_backoff(self) -> Backoff:

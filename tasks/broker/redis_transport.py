@@ -39,9 +39,21 @@ A channel whose connection kombu has already given up (a broker restart noticed 
 remote-control channel) reports a connection error when asked for a new connection pool,
 rather than kombu's ``AttributeError``, so the worker reconnects instead of exiting.
 
-Used for ``redis://`` and ``rediss://`` brokers (see
-:func:`agents_persistence.tasks.worker.app.celery_config`):
-one list per queue (``priority_steps=[0]``; the layer sends no priorities).
+Replication: Redis replicates asynchronously, so a message the primary accepted can be gone
+after a failover that promoted a replica it had not reached yet. With the transport option
+``replica_acks`` (``Settings.broker_replica_acks``; on a Sentinel broker it follows
+``replica_acks``) every push onto a task queue is followed, in the same round trip, by
+``WAIT replica_acks replica_ack_timeout``: short of the acks the publish raises
+:class:`ReplicaAcksShort`, a connection error, so kombu reconnects (to the primary the
+sentinels name now) and publishes again, and the hand-off fails to its caller only when its
+retries are spent. The pushed copy may survive too: a duplicate the versioned writes absorb.
+A worker's ack needs no replica: what a failover undoes there (an unacked record, a pop)
+only brings a message back.
+
+Used for ``redis://`` and ``rediss://`` brokers (:class:`Transport`) and for brokers behind
+Redis Sentinel (:class:`SentinelTransport`, kombu's ``sentinel://``), see
+:func:`agents_persistence.tasks.worker.app.celery_config`: one list per queue
+(``priority_steps=[0]``; the layer sends no priorities).
 """
 
 from __future__ import annotations
@@ -56,6 +68,7 @@ from queue import Empty
 from typing import TYPE_CHECKING, Any, Final
 
 import redis.exceptions
+import redis.sentinel
 from agents_persistence.tasks.broker.envelope import parse_entry, unparsable_record
 from agents_persistence.tasks.pins import missing_internals, require_internals
 from kombu.transport import redis as kombu_redis
@@ -70,6 +83,9 @@ __all__ = [
     "UNPARSABLE_PREFIX",
     "Channel",
     "QoS",
+    "ReplicaAcksShort",
+    "SentinelChannel",
+    "SentinelTransport",
     "Transport",
     "UnparsableHook",
     "check_kombu_internals",
@@ -99,6 +115,11 @@ KOMBU_INTERNALS: dict[type, tuple[str, ...]] = {
         "_brpop_start", "_brpop_read", "_q_for_pri", "_flush_brpop_reauth", "_in_poll",
         "_brpop_sent_at", "conn_or_acquire", "global_keyprefix", "close", "QoS",
         "_connparams", "_create_client", "pool", "_put", "_get_message_priority",
+        "from_transport_options",
+    ),
+    # _disconnect_pools closes the Sentinel managers _sentinel_managed_pool keeps
+    kombu_redis.SentinelChannel: (
+        "from_transport_options", "_sentinel_managed_pool", "_disconnect_pools",
     ),
     kombu_redis.QoS: (
         "append", "ack", "reject", "restore_visible", "pipe_or_acquire", "unacked_key",
@@ -107,6 +128,23 @@ KOMBU_INTERNALS: dict[type, tuple[str, ...]] = {
     virtual.QoS: ("append", "ack"),
     virtual.Transport: ("_deliver",),
 }  # fmt: skip
+
+#: Transport options of this module's channels (besides kombu's).
+_OWN_OPTIONS: Final = ("replica_acks", "replica_ack_timeout")
+
+
+class ReplicaAcksShort(redis.exceptions.ConnectionError):
+    """Fewer replicas than ``replica_acks`` acknowledged a pushed message in time. A
+    connection error, so that kombu's publish retry reconnects (after a failover, to the
+    new primary) and publishes again."""
+
+    def __init__(self, acks: int, required: int) -> None:
+        super().__init__(
+            f"only {acks} of the {required} required broker replica(s) acknowledged the "
+            "message in time (WAIT)"
+        )
+        self.acks, self.required = acks, required
+
 
 #: What the worker installs as ``Transport.on_unparsable``: takes one record (``reason``,
 #: ``queue``, ``raw_bytes``, ``sha256``, ``excerpt_base64``, ``truncated``).
@@ -212,6 +250,11 @@ class Channel(kombu_redis.Channel):
     """A Redis channel that pops with ``BLMOVE`` into its own in-flight list."""
 
     QoS = QoS
+    from_transport_options = kombu_redis.Channel.from_transport_options + _OWN_OPTIONS
+    #: Replicas that must hold a pushed message before the publish returns (0: none).
+    replica_acks: int = 0
+    #: Seconds one push waits for them.
+    replica_ack_timeout: float = 1.0
 
     if TYPE_CHECKING:  # kombu internals the stubs leave out
         _queue_cycle: Any
@@ -317,8 +360,17 @@ class Channel(kombu_redis.Channel):
             super()._put(queue, message, **kwargs)
             return
         key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
+        body = envelope_json(message)
         with self.conn_or_acquire() as client:
-            client.lpush(key, envelope_json(message))
+            if not self.replica_acks:
+                client.lpush(key, body)
+                return
+            pipe = client.pipeline(transaction=False)
+            pipe.lpush(key, body)
+            pipe.wait(self.replica_acks, max(1, int(self.replica_ack_timeout * 1000)))
+            acks = int(pipe.execute()[1])
+        if acks < self.replica_acks:
+            raise ReplicaAcksShort(acks, self.replica_acks)
 
     # -- consuming ------------------------------------------------------------------------
     def _brpop_start(self, timeout: float | None = None) -> None:
@@ -442,3 +494,62 @@ class Transport(kombu_redis.Transport):
 
     Channel = Channel
     on_unparsable: UnparsableHook | None = None
+
+
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """:class:`Channel` on the primary that Redis Sentinel names (kombu's
+    ``SentinelChannel``: the pool asks the sentinels, and follows a failover at the next
+    connection); the in-flight list, the set-aside entries and the replica acks as on a
+    single server.
+
+    The sentinels come from the transport option ``sentinels`` (``[[host, port], ...]``),
+    not from ``;``-joined URLs as in kombu: a kombu connection with several URLs fails over
+    by re-reading the next URL, scheme included, and would carry on with kombu's own
+    transport (no in-flight list, no replica acks) after its first connection error.
+    """
+
+    from_transport_options = (
+        *kombu_redis.SentinelChannel.from_transport_options,
+        *_OWN_OPTIONS,
+        "sentinels",
+    )
+    #: Every sentinel's (host, port); empty: the URL's host alone.
+    sentinels: list[tuple[str, int]] | tuple[()] = ()
+
+    if TYPE_CHECKING:  # kombu internals the stubs leave out
+        master_name: str | None
+        min_other_sentinels: int
+        sentinel_kwargs: dict[str, Any] | None
+        _sentinel_manager: Any
+        _async_sentinel_manager: Any
+
+    def _sentinel_managed_pool(self, asynchronous: bool = False) -> Any:
+        """kombu's pool on the primary the sentinels name, the sentinels from
+        :attr:`sentinels`."""
+        params: dict[str, Any] = dict(self._connparams(asynchronous))
+        fallback = (params.pop("host", None), params.pop("port", None))
+        nodes = [(str(h), int(p)) for h, p in self.sentinels] or [fallback]
+        manager = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            nodes,
+            min_other_sentinels=getattr(self, "min_other_sentinels", 0),
+            sentinel_kwargs=getattr(self, "sentinel_kwargs", None),
+            **params,
+        )
+        if asynchronous:  # kept so that kombu closes its sentinel connections too
+            self._async_sentinel_manager = manager
+        else:
+            self._sentinel_manager = manager
+        master_name = getattr(self, "master_name", None)
+        if master_name is None:
+            raise ValueError("'master_name' transport option must be specified.")
+        credentials = {k: params[k] for k in ("username", "password") if k in params}
+        primary = manager.master_for(master_name, redis.Redis, **credentials)  # type: ignore[no-untyped-call]
+        return primary.connection_pool
+
+
+class SentinelTransport(Transport, kombu_redis.SentinelTransport):
+    """kombu's Sentinel transport with :class:`SentinelChannel` (``sentinel://`` URLs, one per
+    sentinel joined by ``;``; ``master_name`` in the transport options)."""
+
+    Channel = SentinelChannel
+    default_port = kombu_redis.SentinelTransport.default_port

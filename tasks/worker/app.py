@@ -8,6 +8,8 @@ from typing import Any, cast
 
 from agents_persistence.base import BaseCheckpointer
 from agents_persistence.config.settings import Settings
+from agents_persistence.config.urls import SentinelBroker
+from agents_persistence.errors import StoreMisconfigured
 from agents_persistence.redis_store import RedisCheckpointer
 from agents_persistence.tasks.broker.queues import celery_queue_options
 from agents_persistence.tasks.protocol.compression import (
@@ -22,6 +24,29 @@ __all__ = ["BUILTIN_TASK_PREFIX", "PersistenceApp", "celery_config", "create_app
 
 #: Prefix of Celery's built-in task names, none of which the layer serves.
 BUILTIN_TASK_PREFIX = "celery."
+_NO_CLUSTER_BROKER = (
+    "the store is a Redis Cluster, which kombu cannot use as a broker: set broker_url "
+    "(AGENTS_PERSISTENCE_BROKER_URL) to a separate Redis, a Sentinel group or RabbitMQ"
+)
+
+
+def _sentinel_options(settings: Settings, sentinel: SentinelBroker) -> dict[str, Any]:
+    """kombu's Sentinel transport options: the service, and how to talk to the sentinels
+    (their own credentials, TLS and timeouts; the data nodes' password is not theirs)."""
+    talk: dict[str, Any] = {
+        "socket_timeout": settings.publish_timeout_seconds,
+        "socket_connect_timeout": min(
+            settings.socket_connect_timeout_seconds, settings.publish_timeout_seconds
+        ),
+        **sentinel.sentinel_options,
+    }
+    if sentinel.tls:
+        talk.update(ssl=True, **sentinel.ssl_options)
+    return {
+        "master_name": sentinel.master_name,
+        "sentinels": [list(node) for node in sentinel.sentinels],
+        "sentinel_kwargs": talk,
+    }
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -32,6 +57,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
       underneath, inflated by workers only within a bound.
     - ``acks_late`` + ``reject_on_worker_lost`` + prefetch 1: a message is acknowledged only
       after its write finished, and a worker that dies mid-task gives it back.
+    - Redis behind Sentinel (``sentinel://``, ``redis+sentinel://``): the same transport on
+      the primary the sentinels name; with ``broker_replica_acks`` (on Sentinel: follows
+      ``replica_acks``) a publish returns only once that many replicas hold the message.
+      A Redis Cluster cannot be a broker (StoreMisconfigured).
     - The visibility timeout (Redis broker) exceeds the hard time limit plus the longest
       retry countdown, so healthy messages are not redelivered while they run or wait.
     - No result backend: durability is read from the store itself (``flush``/``wait``).
@@ -56,19 +85,30 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             settings.socket_connect_timeout_seconds, settings.publish_timeout_seconds
         ),
     }
-    redis_broker = broker.startswith(("redis://", "rediss://"))
+    if broker.partition("://")[0].endswith("+cluster"):
+        raise StoreMisconfigured("", _NO_CLUSTER_BROKER)
+    sentinel = settings.broker_sentinel
+    redis_broker = sentinel is not None or broker.startswith(("redis://", "rediss://"))
     extra: dict[str, Any] = {}
     if redis_broker:
         # kombu's Redis transport loses a message a worker dies holding between its pop and
         # its unacked record; ours moves it to an in-flight list instead
-        # (agents_persistence.tasks.broker.redis_transport).
-        extra["broker_transport"] = "agents_persistence.tasks.broker.redis_transport:Transport"
+        # (agents_persistence.tasks.broker.redis_transport), on Sentinel too.
+        kind = "Transport" if sentinel is None else "SentinelTransport"
+        extra["broker_transport"] = f"agents_persistence.tasks.broker.redis_transport:{kind}"
+        if settings.broker_replica_acks:
+            # Replication is asynchronous: a push the primary took can vanish in a
+            # failover. Each push waits for the replicas (WAIT), else it is published again.
+            transport["replica_acks"] = settings.broker_replica_acks
+            transport["replica_ack_timeout"] = settings.replica_ack_timeout_seconds
+        if sentinel is not None:
+            transport.update(_sentinel_options(settings, sentinel))
         transport["priority_steps"] = [0]  # one list per queue: BLMOVE takes one source
         # The restore sweep's lock key (kombu: 300 s) survives a broker killed mid-sweep
         # (AOF) and would hold off every restore until it expired. A sweep is at most 10
         # WATCHed restores, so overlapping sweeps after a short expiry restore nothing twice.
         transport["unacked_mutex_expire"] = max(5, int(2 * transport["unacked_restore_interval"]))
-        if broker.startswith("rediss://"):
+        if broker.startswith("rediss://") or (sentinel is not None and sentinel.tls):
             # Verify the server's certificate unless the URL says otherwise
             # (?ssl_cert_reqs=...&ssl_ca_certs=...); kombu alone would not verify it.
             extra["broker_use_ssl"] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}

@@ -257,7 +257,14 @@ def test_assigning_to_the_frozen_settings_carries_no_password() -> None:
 #: one store call with its retries).
 _SPECIAL: dict[str, list[Any]] = {
     "redis_url": ["rediss://store.example:6380/2", "unix:///run/redis.sock", "redis://h/0"],
-    "broker_url": ["amqp://guest:guest@127.0.0.1:5672//", "memory://", "redis://h:1/1"],
+    "broker_url": [
+        "amqp://guest:guest@127.0.0.1:5672//",
+        "memory://",
+        "redis://h:1/1",
+        "redis+sentinel://s1:26379,s2:26379/mymaster/1",
+    ],
+    # a sentinel:// broker needs it; any other broker ignores it
+    "broker_master_name": ["mymaster"],
     "namespace": ["a", "n" * 64, "Team_1.prod-eu"],
     "queue": ["q", "q" * 200, "agents.high"],
     # quorum is RabbitMQ's: with the default broker (the store's Redis) it is refused, the
