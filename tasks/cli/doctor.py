@@ -191,7 +191,7 @@ def _workers(app: PersistenceApp, settings: Settings, timeout: float) -> Check:
 
 def _visibility(settings: Settings) -> Check:
     broker = settings.broker.get_secret_value()
-    if not broker.startswith(("redis://", "rediss://")):
+    if not broker.startswith(("redis://", "rediss://", "sentinel://")):
         return Check("visibility timeout", True, "not a Redis broker: redelivery is the broker's")
     vt = settings.effective_visibility_timeout
     needed = settings.task_time_limit_seconds + settings.task_retry_backoff_max_seconds

@@ -30,6 +30,7 @@ from tests.faults.conftest import FAULT_SETTINGS
 from tests.faults.producers import Stream, thread_ids
 from tests.faults.reconcile import Ledger, reconcile, write_result
 from tests.integration.conftest import WorkerFactory
+from tests.support.celery_cli import node_name, wait_for_reply
 from tests.support.celery_worker import settings_env
 
 pytestmark = [pytest.mark.redis, pytest.mark.faults, pytest.mark.slow, pytest.mark.integration]
@@ -134,7 +135,9 @@ def test_store_and_broker_fail_over_together_and_lose_nothing(
         replies = app.control.ping(timeout=5.0) or []
         answered = {name.partition("@")[0] for reply in replies for name in reply}
         assert answered == {w.name for w in workers}
+        # celery's own command line, as an operator runs it with the workers' settings
         for worker in workers:
+            assert wait_for_reply(env, ["inspect", "ping"], node_name(worker)) == {"ok": "pong"}
             assert PASSWORD not in worker.log_text()
     finally:
         stream.stop()

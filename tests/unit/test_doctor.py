@@ -32,6 +32,12 @@ def test_a_visibility_timeout_below_a_task_and_its_countdown_fails_with_a_fix() 
     assert "150s" in bad.detail  # hard limit 90 s + countdown cap 60 s
     assert "AGENTS_PERSISTENCE_VISIBILITY_TIMEOUT_SECONDS" in bad.fix
     assert doctor._visibility(Settings(_env_file=None)).ok
+    sentinel = Settings(
+        _env_file=None,
+        broker_url="redis+sentinel://127.0.0.1:26379/mymaster/1",
+        visibility_timeout_seconds=100,
+    )
+    assert not doctor._visibility(sentinel).ok  # a Redis broker behind Sentinel too
 
 
 def test_other_brokers_redeliver_on_their_own() -> None:
