@@ -77,6 +77,8 @@ class Context:
                 self.settings.redis_url.get_secret_value(),
                 self.settings.broker.get_secret_value(),
             ]
+            if self.settings.broker_url is not None:  # as given: ?sentinel_password= too
+                urls.append(self.settings.broker_url.get_secret_value())
         found = {secret for url in urls for secret in url_passwords(url)}
         return sorted(found, key=len, reverse=True)
 

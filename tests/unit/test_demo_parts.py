@@ -134,6 +134,12 @@ def test_the_cli_knows_every_password_it_must_hide() -> None:
     settings = ctx.settings
     assert isinstance(settings.redis_url, SecretStr)
     assert "p@ss" not in repr(settings)
+    sentinel = Context(
+        {"broker_url": "redis+sentinel://:pw1@h:1,h:2/svc?sentinel_password=pw2"},
+        console=None,  # type: ignore[arg-type]
+    )
+    sentinel.settings  # noqa: B018 - the settings' URLs join the overrides'
+    assert {"pw1", "pw2"} <= set(sentinel.secrets())
 
 
 def test_the_rate_counts_published_snapshots_not_the_ones_coalesced_in_the_buffer() -> None:
