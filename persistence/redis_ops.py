@@ -752,7 +752,12 @@ class RedisOps:
 
     def count_threads(self) -> Op[tuple[int, int]]:
         """(live, expired but not yet cleaned) entries of the index, by the server's clock."""
-        seconds, micros = yield Command(("TIME",))
+        if self.keys.sharded:
+            seconds, micros = yield Command(("TIME",))
+        else:  # a migration may have begun: read the layout key too
+            (seconds, micros), layout = yield Pipeline((("TIME",), ("GET", self.keys.layout)))
+            if layout is not None and parse_layout(layout) != SINGLE:
+                self._apply_layout(layout)
         now_ms = int(seconds) * 1000 + int(micros) // 1000
         commands: list[tuple[Any, ...]] = []
         for index in self.listed_index_keys:
@@ -852,6 +857,8 @@ class Pages:
         """The next page of thread ids; sets :attr:`done` after the last one."""
         if self._shards is None:  # the layout is known by now (the driver resolved it)
             self._shards = [_Shard(key) for key in self._ops.listed_index_keys]
+        elif self._ops.keys.sharded and [s.key for s in self._shards] == [self._ops.keys.index]:
+            self._widen()  # begun in the single layout; another call saw a migration begin
         shards, size = self._shards, self.page_size
         chunk = min(size, size * 3 // (2 * len(shards)) + 8)
         ends = [(shard.cursor, shard.score) for shard in shards]  # where the next fetch starts
@@ -863,12 +870,7 @@ class Pages:
         while starved:
             replies = yield from self._fetch([(shards[i].key, *ends[i]) for i in starved], chunk)
             if replies is None:  # a migration began before this page: list both layouts
-                # The sharded indexes start where the single one stands: a thread moved
-                # keeps its score, so nothing returned comes again and nothing is skipped.
-                (old,) = shards
-                self._shards = [
-                    _Shard(key, old.cursor, old.score) for key in self._ops.keys.index_keys
-                ] + [old]
+                self._widen()
                 return (yield from self.next_page())
             for i, flat in zip(starved, replies, strict=True):
                 scores = flat[1::2]
@@ -896,6 +898,15 @@ class Pages:
             starved = [i for i in sorted(more) if not left[i]]  # the bound's shard ran dry
         self.done = len(out) < size
         return [tid.decode("utf-8", "replace") for tid in out]
+
+    def _widen(self) -> None:
+        """The single index's listing, carried on over both layouts once a migration has
+        begun: the sharded indexes start where the single one stands (a thread moved keeps
+        its score), so nothing returned comes again and nothing is skipped."""
+        (old,) = cast(list[_Shard], self._shards)
+        self._shards = [
+            _Shard(key, old.cursor, old.score) for key in self._ops.keys.index_keys
+        ] + [old]
 
     def _fetch(self, which: list[tuple[str, bytes, bytes]], chunk: int) -> Op[list[Any] | None]:
         """Each shard's next entries; None if the namespace left the single-index layout
@@ -944,6 +955,10 @@ class Sweep:
         :attr:`done` once nothing (or the limit) is left."""
         ops, limit = self._ops, self._limit
         if self._active is None:  # the layout is known by now (the driver resolved it)
+            if not ops.keys.sharded:  # a migration may have begun: read the layout key
+                layout = yield Command(("GET", ops.keys.layout))
+                if layout is not None and parse_layout(layout) != SINGLE:
+                    ops._apply_layout(layout)
             self._active = list(ops.listed_index_keys)
         active = self._active
         if limit is None:

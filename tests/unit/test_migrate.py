@@ -241,6 +241,9 @@ def test_stores_of_both_layouts_read_and_list_during_the_migration() -> None:
     first = [next(pages) for _ in range(5)]
     _interrupted(server, 3)
     assert stale_single.keys.shards == SINGLE  # has not noticed yet
+    counter = _store(server)
+    assert counter.count_threads() == (len(counter.list_threads()), 0)
+    assert stale_single.count_threads() == counter.count_threads()
     live = sorted(t for t, v in expected.items() if v is not None)
     # The listing begun in the single layout carries on over both, nothing twice or lost
     # (the crate's threads, in its set only, join the listing as they move).
