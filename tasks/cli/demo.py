@@ -45,7 +45,7 @@ from agents_persistence.tasks.client.checkpointer import CeleryCheckpointer
 from agents_persistence.tasks.devtools.celery_process import WORKER_APP, CeleryWorker
 from agents_persistence.tasks.devtools.embedded import EmbeddedKind, start_embedded_redis
 from agents_persistence.tasks.devtools.processes import child_env
-from agents_persistence.tasks.worker.app import create_app
+from agents_persistence.tasks.worker.app import celery_config, create_app
 from kombu import Connection
 from kombu.exceptions import KombuError
 from pydantic import SecretStr
@@ -279,19 +279,30 @@ def _remove_demo_keys(
 def _remove_demo_queue(settings: Settings) -> None:
     """Delete the demo's queue (and the exchange named after it) from the broker."""
     url, queue = settings.broker.get_secret_value(), settings.queue
+    # kombu's keys for a queue on Redis; it expires and sweeps pidbox bindings itself.
+    keys = (queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
     try:
         if url.startswith(("redis://", "rediss://", "unix://")):
             client = redis.Redis.from_url(url, socket_timeout=5.0)
             try:
-                # kombu's keys for a queue; it expires and sweeps pidbox bindings itself.
-                client.unlink(
-                    queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}"
-                )
+                client.unlink(*keys)
             finally:
                 client.close()
+        elif settings.broker_sentinel is not None:
+            # the service and the sentinels are transport options
+            config = celery_config(settings)
+            with Connection(
+                url,
+                connect_timeout=5.0,
+                transport=config["broker_transport"],
+                transport_options=config["broker_transport_options"],
+                ssl=config.get("broker_use_ssl", False),
+            ) as conn:
+                channel: Any = conn.default_channel
+                channel.client.unlink(*keys)  # on the primary the sentinels name
         else:
             with Connection(url, connect_timeout=5.0) as conn:
-                channel: Any = conn.default_channel
+                channel = conn.default_channel
                 channel.queue_delete(queue)
                 channel.exchange_delete(queue)
     except (redis.exceptions.RedisError, KombuError, OSError) as exc:

@@ -74,3 +74,18 @@ def test_a_hand_off_returns_only_once_the_replica_holds_it(
         finally:
             replica_node.resume()
     replica.close()
+
+
+def test_the_demo_removes_its_queue_from_a_sentinel_broker(
+    redis_sentinel: RedisSentinelTopology,
+) -> None:
+    from agents_persistence.tasks.cli.demo import _remove_demo_queue
+
+    with _client(redis_sentinel) as (client, settings):
+        client.save_state("t", AgentStateSnapshot(scratchpad={"step": 1}), version=1)
+        primary = redis_sentinel.primary().client(db=BROKER_DB)
+        keys = (settings.queue, f"_kombu.binding.{settings.queue}")
+        assert primary.exists(*keys) == 2
+        _remove_demo_queue(settings)
+        assert primary.exists(*keys) == 0
+        primary.close()
