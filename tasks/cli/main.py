@@ -13,11 +13,12 @@ import sys
 from typing import Literal
 
 import click
+import redis
 from agents_persistence.base import MAX_PAGE_SIZE
 from agents_persistence.config.settings import redact_url
 from agents_persistence.keys import DEFAULT_SHARDS, MAX_SHARDS
 from agents_persistence.migrate import DEFAULT_MIGRATE_BATCH, MigrationReport, migrate_namespace
-from agents_persistence.tasks.cli.context import CliGroup, Context, fail, pass_context
+from agents_persistence.tasks.cli.context import CliGroup, Context, describe, fail, pass_context
 from agents_persistence.tasks.cli.demo import DemoOptions, run_demo
 from agents_persistence.tasks.cli.doctor import doctor
 from agents_persistence.tasks.devtools.embedded import EmbeddedKind
@@ -236,14 +237,23 @@ def migrate(obj: Context, shards: int, batch: int, dry_run: bool) -> None:
                 f"{report.already_newer} already newer, batch {report.batches}"
             )
 
-        report = migrate_namespace(
-            store.client,
-            settings.namespace,
-            shards=shards,
-            batch=batch,
-            dry_run=dry_run,
-            on_batch=None if dry_run else progress,
-        )
+        try:
+            report = migrate_namespace(
+                store.client,
+                settings.namespace,
+                shards=shards,
+                batch=batch,
+                dry_run=dry_run,
+                on_batch=None if dry_run else progress,
+            )
+        except redis.exceptions.RedisError as exc:
+            message = describe(exc)
+            for secret in obj.secrets():
+                message = message.replace(secret, "***")
+            fail(
+                f"migration interrupted: {message}; what was moved stays moved: run "
+                "`agents-persistence migrate` again to resume"
+            )
     found = {
         "empty": "nothing to migrate (no keys of the single-index layout)",
         "sharded": f"already in the sharded layout ({report.shards} shards); nothing to do",

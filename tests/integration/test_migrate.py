@@ -24,7 +24,7 @@ from agents_persistence.keys import SINGLE, Keys
 from agents_persistence.tasks.client.checkpointer import HandOff
 
 from tests.integration.conftest import Stack, StackFactory
-from tests.support import SEED_JSON, sample_state, skip_or_fail
+from tests.support import SEED_JSON, free_port, sample_state, skip_or_fail
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis]
 
@@ -246,3 +246,17 @@ def _wait_for_progress(raw: redis.Redis, ns: str, proc: subprocess.Popen[bytes])
         assert proc.poll() is None, "the migration ended before it could be interrupted"
         assert time.monotonic() < deadline, "the migration recorded no progress"
         time.sleep(0.005)
+
+
+def test_the_command_on_an_unreachable_server_says_how_to_resume(tmp_path: Path) -> None:
+    url = f"redis://:{'pw-secret'}@127.0.0.1:{free_port()}/0"
+    done = subprocess.run(
+        [_script(), "migrate"],
+        env=_env(url, "nobody"), cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert "migration interrupted" in done.stderr
+    assert "again to resume" in done.stderr
+    assert "pw-secret" not in done.stdout + done.stderr
