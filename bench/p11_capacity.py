@@ -12,15 +12,24 @@ Redis Cluster (3 primaries + 3 replicas), in one run.
   client buffers), summed over the primaries, before and after writing those ``big``
   threads, over ``big`` (allocator rounding and, on a cluster, its per-key slot bookkeeping
   included).
-- **Redis CPU per snapshot**: ``used_cpu_user + used_cpu_sys`` summed over the primaries
-  (``INFO cpu``), before and after ``save_many`` batches of 100 (the worker's write path),
-  over the snapshots written. A cluster primary also feeds its replica; the single server
-  has none.
+- **Tombstone**: ``MEMORY USAGE`` of the key a ``delete_thread`` leaves behind (kept for
+  ``tombstone_ttl``; its index entry goes).
+- **Redis CPU per operation**: ``used_cpu_user + used_cpu_sys`` summed over the primaries
+  (``INFO cpu``), before and after a run of the operation, over the calls: a snapshot
+  written by ``save_many`` batches of 100 (the worker's path; the same 100 threads saved
+  again, newer each time), one ``save_state``, one ``load_state``, the first listing page
+  of 500 of the big namespace, one ``cleanup_expired`` removing 500 expired entries. What
+  the server spends, unlike a latency, does not grow when the machine's other processes
+  delay the client. A cluster primary also feeds its replica; the single server has none.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
+import time
+from collections.abc import Callable
+from functools import partial
 
 from agents_persistence import AgentStateSnapshot, RedisCheckpointer
 from agents_persistence.tasks.devtools.topologies import RedisClusterTopology
@@ -32,6 +41,7 @@ __all__ = ["run"]
 _SER = AgentStateSnapshot.__pydantic_serializer__
 _SIZES = (1024, 4 * 1024, 16 * 1024, 64 * 1024, 256 * 1024)
 _VARIANTS = ("single", "cluster")
+_EXPIRED = 500
 _NOTE = (
     "Default codec: zstd level 1 from 16 KiB of JSON, so the 64 KB and 256 KB records are "
     "compressed and the 16 KB one (15.9 KiB of JSON) is not. used_memory growth includes "
@@ -92,22 +102,96 @@ def _at_scale(
     )
 
 
-def _cpu(ctx: Context, store: RedisCheckpointer, size: int, n: int) -> float:
-    """Redis CPU (µs, summed over the primaries) per snapshot of ``size`` written by
-    ``save_many`` batches of 100, after a warm-up (scripts loaded, connections open)."""
-    states = [snapshot(size, seed=i) for i in range(50)]
-    _write(store, "w", states, 200)
+def _tombstone(store: RedisCheckpointer, states: list[AgentStateSnapshot], n: int) -> float:
+    """Mean MEMORY USAGE of the key a delete leaves (the tombstone keeping older saves out
+    for ``tombstone_ttl``), over ``n`` threads saved and then deleted."""
+    _write(store, "t", states, n)
+    for i in range(n):
+        store.delete_thread(f"t{i}")
+    return _records(store, [f"t{i}" for i in range(n)])
+
+
+def _cpu_of(store: RedisCheckpointer, calls: Callable[[], object], n: int) -> float:
+    """Redis CPU (µs, summed over the primaries) per call of ``calls``, ``n`` calls after
+    one untimed (scripts loaded, connections open)."""
+    calls()
     before = _sum(store, "used_cpu_user", "used_cpu_sys")
-    _write(store, "c", states, n)
-    ctx.advance(n)
+    for _ in range(n):
+        calls()
     return (_sum(store, "used_cpu_user", "used_cpu_sys") - before) / n * 1e6
+
+
+def _cpu_of_cleanup(store: RedisCheckpointer, url: str, rounds: int) -> float:
+    """Redis CPU (µs, summed over the primaries) per ``cleanup_expired`` removing
+    ``_EXPIRED`` entries (planted with a 50 ms TTL, waited for, then only the cleanup counted)."""
+    short = RedisCheckpointer.from_url(url, namespace=store.namespace, ttl=0.05)
+    state, spent = snapshot(512), 0.0
+    try:
+        for r in range(rounds):
+            short.save_many([short.prepare(f"x{r}-{j}", state) for j in range(_EXPIRED)])
+            deadline = time.monotonic() + 30
+            while store.count_threads()[1] < _EXPIRED:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("planted entries did not expire in 30 s")
+                time.sleep(0.01)
+            before = _sum(store, "used_cpu_user", "used_cpu_sys")
+            if store.cleanup_expired() != _EXPIRED:
+                raise RuntimeError("cleanup did not remove every planted entry")
+            spent += _sum(store, "used_cpu_user", "used_cpu_sys") - before
+    finally:
+        short.close()
+    return spent / rounds * 1e6
+
+
+def _save_batch(store: RedisCheckpointer, states: list[AgentStateSnapshot]) -> None:
+    """Save ``states`` as threads ``c0``.. in one ``save_many`` (each call a newer version:
+    the steady state of agents saving their threads again)."""
+    store.save_many([store.prepare(f"c{i}", st) for i, st in enumerate(states)])
+
+
+def _first_page(store: RedisCheckpointer) -> list[str]:
+    return list(itertools.islice(store.iter_threads(page_size=500), 500))
+
+
+def _cpu_rows(
+    ctx: Context,
+    stores: dict[str, RedisCheckpointer],
+    listed: dict[str, RedisCheckpointer],
+    urls: dict[str, str],
+    n: int,
+) -> list[tuple[str, str, dict[str, float]]]:
+    """Redis CPU per operation on one server and on the cluster: (measure, size, figures)."""
+    rows = []
+    for size in (4 * 1024, 64 * 1024):
+        batch = [snapshot(size, seed=i) for i in range(100)]
+        got = {
+            v: _cpu_of(s, partial(_save_batch, s, batch), n // 100) / 100
+            for v, s in stores.items()
+        }
+        ctx.advance(2 * n)
+        rows.append(("Redis CPU / snapshot, save_many x100", label(size), got))
+        if size == 4 * 1024:
+            one = batch[0]
+            saves = {
+                v: _cpu_of(s, partial(s.save_state, "one", one), n // 4) for v, s in stores.items()
+            }
+            loads = {
+                v: _cpu_of(s, partial(s.load_state, "one"), n // 4) for v, s in stores.items()
+            }
+            rows.append(("Redis CPU / save_state (one call)", label(size), saves))
+            rows.append(("Redis CPU / load_state", label(size), loads))
+    page = {v: _cpu_of(s, partial(_first_page, s), 50) for v, s in listed.items()}
+    rows.append(("Redis CPU / first listing page of 500 (the big namespace)", "any", page))
+    cleanup = {v: _cpu_of_cleanup(s, urls[v], 5) for v, s in stores.items()}
+    rows.append((f"Redis CPU / cleanup_expired of {_EXPIRED} expired", "any", cleanup))
+    return rows
 
 
 def run(ctx: Context) -> Section:
     """Measure P11."""
     sec = Section(
         "P11",
-        "Capacity inputs: Redis memory per thread and Redis CPU per save, one server vs cluster",
+        "Capacity inputs: Redis memory per thread and CPU per operation, one server vs cluster",
         ["measure", "snapshot (JSON)", "single", "cluster", "cluster ÷ single"],
     )
     ns = f"bench-p11-{os.getpid()}"
@@ -143,9 +227,11 @@ def run(ctx: Context) -> Section:
             index_entry: dict[str, float] = {}
             growth: dict[str, float] = {}
             dataset: dict[str, float] = {}
-            for variant in _VARIANTS:
-                got = _at_scale(ctx, store(variant, "index"), small, big)
-                index_entry[variant], growth[variant], dataset[variant] = got
+            big_stores = {v: store(v, "index") for v in _VARIANTS}
+            for variant, s in big_stores.items():
+                index_entry[variant], growth[variant], dataset[variant] = _at_scale(
+                    ctx, s, small, big
+                )
             # records at each size
             for size in _SIZES:
                 states = [snapshot(size, seed=i) for i in range(count)]
@@ -164,6 +250,8 @@ def run(ctx: Context) -> Section:
                     {v: record[v] + index_entry[v] for v in _VARIANTS},
                     "bytes",
                 )
+            tomb = {v: _tombstone(store(v, "tomb"), small, count) for v in _VARIANTS}
+            row("tombstone of a deleted thread: MEMORY USAGE", "any", tomb, "bytes")
             row(
                 f"index entry: MEMORY USAGE of the 16 shards / {big:,} threads",
                 "any",
@@ -173,9 +261,9 @@ def run(ctx: Context) -> Section:
             shown = f"1 KB ({json_small / 1024:,.1f} KiB)"
             row(f"used_memory growth / thread, {big:,} threads", shown, growth, "bytes")
             row(f"used_memory_dataset growth / thread, {big:,} threads", shown, dataset, "bytes")
-            for size in (4 * 1024, 64 * 1024):
-                cpu = {v: _cpu(ctx, store(v, f"cpu{size}"), size, cpu_n) for v in _VARIANTS}
-                row("Redis CPU / snapshot, save_many x100", label(size), cpu, "us")
+            cpu_stores = {v: store(v, "cpu") for v in _VARIANTS}
+            for measure, what, got in _cpu_rows(ctx, cpu_stores, big_stores, urls, cpu_n):
+                row(measure, what, got, "us")
             sec.notes.append(_NOTE.format(big=big))
         finally:
             for s in made:
