@@ -145,6 +145,13 @@ def test_redact_url() -> None:
     assert redact_url(f"redis://:{SECRET}@h:1/0") == "redis://:***@h:1/0"
     assert redact_url("redis://h:1/0") == "redis://h:1/0"
     assert redact_url(None) == "-"
+    # several hosts (a cluster's seeds, the sentinels) stay as written, the password goes
+    seeds = "10.0.0.1:7000,10.0.0.2:7001"
+    assert redact_url(f"redis+cluster://:{SECRET}@{seeds}") == f"redis+cluster://:***@{seeds}"
+    assert (
+        redact_url(f"redis+sentinel://agent:{SECRET}@{seeds}/svc/2?sentinel_password={SECRET}")
+        == f"redis+sentinel://agent:***@{seeds}/svc/2?sentinel_password=***"
+    )
 
 
 BAD_VALUES: list[Any] = [
