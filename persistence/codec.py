@@ -95,6 +95,8 @@ _ZLIB_LEVEL: Final = 1  # fast: agent state is mostly text; level 1 gets most of
 #: zstd level 1: as small as zlib level 1 on agent state, 2-3x faster (the module docstring).
 _ZSTD_LEVEL: Final = 1
 _SERIALIZER = AgentStateSnapshot.__pydantic_serializer__
+#: ``model_validate_json`` without its wrapper: the body's bytes straight to pydantic-core.
+_VALIDATOR = AgentStateSnapshot.__pydantic_validator__
 #: From this much file text on, pydantic's to_json (~1 GB/s here) loses to pydantic's JSON-mode
 #: dump + orjson (~5 GB/s); below it the extra Python objects cost more than they save.
 _ORJSON_FROM: Final = 16 * 1024
@@ -299,7 +301,7 @@ class Codec:
                 thread_id, f"body of {len(body)} bytes is beyond {self.load_limit} (the size cap)"
             )
         try:
-            return AgentStateSnapshot.model_validate_json(body)
+            return _VALIDATOR.validate_json(body)  # type: ignore[no-any-return]
         except (ValidationError, RecursionError, ValueError) as exc:
             reason = f"body does not validate: {describe_error(exc)}"
             raise CorruptState(thread_id, reason) from exc

@@ -117,16 +117,26 @@ class RedisCheckpointer(RedisStoreBase[redis.Redis], RedisAdmin, BaseCheckpointe
     # -- the driver -----------------------------------------------------------------------------
     def _run(self, what: str, op: Op[T]) -> T:
         """Run an operation, each of its requests through the retry policy (after reading
-        the namespace's layout, the first time)."""
+        the namespace's layout, the first time).
+
+        What :class:`Exchange` does, inlined (one load or save is one request: the
+        driver's own overhead is a measurable part of it, bench/ P3): each reply is sent
+        into the operation, each error thrown into it; an error it does not handle leaves.
+        """
         if not self._ops.resolved:
             self._resolve(what)
-        exchange = Exchange(op)
-        for request in exchange:
-            try:
-                exchange.reply(self.retry.call(what, self._send, request))
-            except Exception as exc:
-                exchange.fail(exc)
-        return exchange.result
+        call, send = self.retry.call, self._send
+        try:
+            request = next(op)
+            while True:
+                try:
+                    reply = call(what, send, request)
+                except Exception as exc:
+                    request = op.throw(exc)
+                else:
+                    request = op.send(reply)
+        except StopIteration as stop:
+            return cast(T, stop.value)
 
     def _send(self, request: Request) -> Any:
         if isinstance(request, Command):
