@@ -310,6 +310,8 @@ def test_a_wrong_password_fails_cleanly_without_printing_it(
     result = run("list", env=env, cwd=tmp_path, timeout=120)
     assert result.code == 1
     assert result.err.startswith("error: "), result.err
+    assert "invalid settings" not in result.err
+    assert re.search(r"auth|password|WRONGPASS", result.err, re.IGNORECASE), result.err
     assert "Wrong-pw-" not in result.both
     for secret in SECRETS:
         assert secret not in result.both
