@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -31,6 +32,7 @@ from agents_persistence.tasks.devtools.processes import (
     log_tail,
     spawn,
 )
+from agents_persistence.tasks.devtools.topologies import RedisSentinelTopology
 from agents_persistence.tasks.protocol.names import SAVE_TASK, TASK_NAMES
 
 from tests.integration.conftest import Stack, StackFactory
@@ -64,6 +66,45 @@ def test_celery_tools_on_the_redis_broker(stack: Stack) -> None:
 def test_celery_tools_on_rabbitmq(stack_factory: StackFactory, rabbitmq_url: str) -> None:
     stack = stack_factory(broker_url=rabbitmq_url)
     assert_tools_answer(stack, stack.worker())
+
+
+@pytest.mark.redis
+def test_celery_tools_on_a_broker_behind_sentinel(
+    stack_factory: StackFactory, redis_sentinel: RedisSentinelTopology
+) -> None:
+    stack = stack_factory(broker_url=redis_sentinel.url(db=2))  # redis+sentinel://.../<service>/2
+    assert stack.settings.broker_sentinel is not None
+    worker = stack.worker()
+    assert_tools_answer(stack, worker)
+    # the worker's task events reach a receiver on the same broker
+    app, client = stack.app(), stack.client()
+    heard: list[dict[str, Any]] = []
+    stop = threading.Event()
+
+    def hand_off() -> None:
+        # a receiver hears only events sent once it listens: hand off until one is heard
+        step = 0
+        while not stop.is_set():
+            step += 1
+            client.save_state("events", sample_state("events"), version=step)
+            stop.wait(0.5)
+
+    feeder = threading.Thread(target=hand_off, daemon=True)
+    with app.connection_for_read() as conn:
+
+        def succeeded(event: dict[str, Any]) -> None:
+            heard.append(event)
+            receiver.should_stop = True
+
+        receiver = app.events.Receiver(conn, handlers={"task-succeeded": succeeded})
+        feeder.start()
+        try:
+            receiver.capture(limit=None, timeout=60)
+        finally:
+            stop.set()
+            feeder.join(10)
+    assert heard
+    assert heard[0]["hostname"] == node_name(worker)
 
 
 @pytest.mark.redis
