@@ -36,7 +36,7 @@ from rich.progress import (
 
 from bench.common import Context, Section
 from bench.readme import SECTIONS as README_SECTIONS
-from bench.readme import render, update
+from bench.readme import commit, render, update
 from bench.report import rich_table, write
 
 SECTIONS = {
@@ -85,6 +85,7 @@ def _meta(args: argparse.Namespace, redis_url: str, argv: list[str]) -> dict[str
             f"Python {platform.python_version()}, redis-py {redis.__version__}, "
             f"Celery {celery.__version__}"
         ),
+        "commit": commit(),
         "quick": args.quick,
         "redis": "private redis-server" if args.redis_url is None else "given --redis-url",
     }
