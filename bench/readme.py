@@ -85,7 +85,7 @@ def render(meta: dict[str, Any], sections: list[Section]) -> str:
         "",
         "<details><summary>All tables of this run (its bench/results/latest.md)</summary>",
         "",
-        *(("###" + line) if line.startswith("## ") else line for line in body),
+        *(("##" + line) if line.startswith("## ") else line for line in body),
         "</details>",
     ]
     return "\n".join(out).rstrip() + "\n"

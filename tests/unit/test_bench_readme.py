@@ -46,7 +46,7 @@ def test_every_target_is_shown_met_or_with_its_distance() -> None:
     assert "| P5 | the section failed | ConnectionError: no PostgreSQL | | not run |" in block
     assert "noisy" in block
     assert "2026-12-02 18:30 UTC" in block
-    assert "### P3 — Store hot paths" in block  # every section's own table follows
+    assert "\n#### P3 — Store hot paths\n" in block  # every section's own table follows
     assert "_hidden" not in block
 
 
