@@ -31,7 +31,7 @@ from tests.faults.producers import Stream, thread_ids
 from tests.faults.reconcile import Ledger, reconcile, write_result
 from tests.integration.conftest import WorkerFactory
 from tests.support.celery_cli import node_name, wait_for_reply
-from tests.support.celery_worker import settings_env
+from tests.support.celery_worker import CeleryWorker, settings_env
 
 pytestmark = [pytest.mark.redis, pytest.mark.faults, pytest.mark.slow, pytest.mark.integration]
 
@@ -132,13 +132,7 @@ def test_store_and_broker_fail_over_together_and_lose_nothing(
         # the workers kept consuming from the promoted primary, and answer remote control
         # through it
         assert promoted.client(password=PASSWORD).info("replication")["role"] == "master"
-        replies = app.control.ping(timeout=5.0) or []
-        answered = {name.partition("@")[0] for reply in replies for name in reply}
-        assert answered == {w.name for w in workers}
-        # celery's own command line, as an operator runs it with the workers' settings
-        for worker in workers:
-            assert wait_for_reply(env, ["inspect", "ping"], node_name(worker)) == {"ok": "pong"}
-            assert PASSWORD not in worker.log_text()
+        _workers_answer(app, env, workers)
     finally:
         stream.stop()
         client.close(timeout=5.0)
@@ -155,3 +149,18 @@ def _missing(ledger: Ledger, store: RedisCheckpointer) -> list[str]:
         for s in ledger.saves
         if s.error is None and held.get(s.thread_id, 0) < s.version
     ]
+
+
+def _workers_answer(app: Any, env: dict[str, str], workers: list[CeleryWorker]) -> None:
+    """Every worker answers remote control through the broker (the app's ping, then
+    celery's own command line as an operator runs it), and no log shows the password."""
+
+    def every_worker_answers() -> bool:
+        replies = app.control.ping(timeout=2.0) or []
+        answered = {name.partition("@")[0] for reply in replies for name in reply}
+        return answered == {w.name for w in workers}
+
+    _wait_for("a ping answered by every worker", every_worker_answers, timeout=60)
+    for worker in workers:
+        assert wait_for_reply(env, ["inspect", "ping"], node_name(worker)) == {"ok": "pong"}
+        assert PASSWORD not in worker.log_text()
