@@ -12,7 +12,7 @@ from rich.table import Table
 
 from bench.common import Section
 
-__all__ = ["markdown", "rich_table", "write"]
+__all__ = ["markdown", "rich_table", "targets_table", "write"]
 
 
 def _visible(sec: Section) -> list[str]:
@@ -35,6 +35,20 @@ def rich_table(sec: Section) -> Group:
     for note in sec.notes:
         targets.add_row(f"[dim]{note}[/]", "", "")
     return Group(table, targets)
+
+
+def targets_table(sections: list[Section]) -> Table:
+    """Every section's targets side by side: the run's summary, printed last."""
+    table = Table(title="Targets of this run", title_justify="left")
+    for col in ("", "target", "measured", "limit", ""):
+        table.add_column(col, justify="right" if col in {"measured", "limit"} else "left")
+    for sec in sections:
+        for t in sec.targets:
+            distance = f": {t.measured / t.limit:.2f}x" if t.limit > 0 else ""
+            mark = "[green]met[/]" if t.met else f"[red]not met{distance}[/]"
+            detail = f" ({t.detail})" if t.detail else ""
+            table.add_row(sec.key, t.name, f"{t.measured:.2f}{detail}", f"{t.limit:g}", mark)
+    return table
 
 
 def markdown(meta: dict[str, Any], sections: list[Section]) -> str:

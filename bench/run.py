@@ -37,7 +37,7 @@ from rich.progress import (
 from bench.common import Context, Section
 from bench.readme import SECTIONS as README_SECTIONS
 from bench.readme import commit, render, update
-from bench.report import rich_table, write
+from bench.report import rich_table, targets_table, write
 
 SECTIONS = {
     "P1": "bench.p1_handoff",
@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                 if current:
                     progress.update(current[-1], completed=progress.tasks[-1].total)
                 progress.console.print(rich_table(sec))
+        console.print(targets_table(sections))
         js, md = write(args.out, meta, sections)
         console.print(f"wrote {js} and {md}")
         if args.readme:
