@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -144,24 +145,71 @@ def test_namespaces_are_isolated(backend: Backend) -> None:
 
 
 # -- TTL ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("ttl", [0.2, timedelta(milliseconds=200)], ids=["seconds", "timedelta"])
-def test_ttl_expiry(backend: Backend, ttl: float | timedelta) -> None:
-    store = backend.make(ttl=ttl)
-    assert store.ttl == timedelta(milliseconds=200)
-    store.save_state("short", sample_state("s"))
-    assert files_tag(store, "short") == "s"
-    assert store.list_threads() == ["short"]
-    assert store.count_threads() == (1, 0)
+# A TTL test checks that an entry is alive before its TTL and gone after it. "Gone" is a wait
+# (until the TTL has surely passed). "Alive" only proves something if the check ran before the
+# TTL could have ended: a machine that pauses the test for longer than the TTL makes it
+# inconclusive, not failed. So each scenario runs with a short TTL, and again with twice the TTL
+# when a failed check ran too late to count (never when it ran in time).
+class _Inconclusive(Exception):
+    """A check relied on an entry being alive, but ran after the entry's TTL could have ended."""
 
-    time.sleep(0.3)
-    assert store.load_state("short") is None
-    assert store.load_checkpoint("short") is None
-    assert store.list_threads() == []  # before any cleanup
-    assert list(store.iter_threads(page_size=1)) == []
-    assert store.count_threads() == (0, 1)
-    assert store.cleanup_expired() == 1
-    assert store.count_threads() == (0, 0)
-    assert store.cleanup_expired() == 0  # idempotent
+
+class _Alive:
+    """Checks that rely on entries written after ``since`` (a ``time.monotonic()`` taken just
+    before the write) being alive: a failure counts only if it came before ``since + ttl``."""
+
+    def __init__(self, since: float, ttl: float) -> None:
+        self.since, self.ttl = since, ttl
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        late = time.monotonic() - self.since >= self.ttl
+        if kind is not None and issubclass(kind, AssertionError) and late:
+            raise _Inconclusive
+
+
+def _wait_past(moment: float) -> None:
+    """Wait until ``time.monotonic()`` is past ``moment`` (an entry's latest possible expiry)."""
+    while (left := moment - time.monotonic()) > 0:
+        time.sleep(left + 0.005)
+
+
+def _with_ttl(scenario: Callable[[float], None], ttl: float = 0.2, attempts: int = 5) -> None:
+    """Run ``scenario(ttl)``, doubling ``ttl`` while its checks are inconclusive."""
+    for _ in range(attempts):
+        try:
+            scenario(ttl)
+            return
+        except _Inconclusive:
+            ttl *= 2
+    pytest.fail(f"every attempt paused longer than its TTL (up to {ttl / 2} s)")
+
+
+@pytest.mark.parametrize("unit", ["seconds", "timedelta"])
+def test_ttl_expiry(backend: Backend, unit: str) -> None:
+    def scenario(ttl: float) -> None:
+        given = ttl if unit == "seconds" else timedelta(seconds=ttl)
+        store = backend.make(namespace=backend.new_namespace(), ttl=given)
+        assert store.ttl == timedelta(seconds=ttl)
+        since = time.monotonic()
+        store.save_state("short", sample_state("s"))
+        with _Alive(since, ttl):
+            assert files_tag(store, "short") == "s"
+            assert store.list_threads() == ["short"]
+            assert store.count_threads() == (1, 0)
+        _wait_past(time.monotonic() + ttl)
+        assert store.load_state("short") is None
+        assert store.load_checkpoint("short") is None
+        assert store.list_threads() == []  # before any cleanup
+        assert list(store.iter_threads(page_size=1)) == []
+        assert store.count_threads() == (0, 1)
+        assert store.cleanup_expired() == 1
+        assert store.count_threads() == (0, 0)
+        assert store.cleanup_expired() == 0  # idempotent
+
+    _with_ttl(scenario)
 
 
 def test_ttl_in_whole_seconds(backend: Backend) -> None:
@@ -172,36 +220,47 @@ def test_ttl_in_whole_seconds(backend: Backend) -> None:
 
 
 def test_every_write_refreshes_the_ttl(backend: Backend) -> None:
-    store = backend.make(ttl=0.6)
-    store.save_state("t", sample_state("1"))
-    time.sleep(0.35)
-    store.save_state("t", sample_state("2"))
-    time.sleep(0.35)  # 0.7 s after the first save, 0.35 s after the second
-    assert files_tag(store, "t") == "2"
-    assert store.list_threads() == ["t"]
-    time.sleep(0.35)
-    assert store.load_state("t") is None
+    def scenario(ttl: float) -> None:
+        store = backend.make(namespace=backend.new_namespace(), ttl=ttl)
+        first = time.monotonic()
+        store.save_state("t", sample_state("1"))
+        _wait_past(first + ttl * 0.6)
+        second = time.monotonic()
+        store.save_state("t", sample_state("2"))
+        _wait_past(first + ttl)  # past the first save's TTL, inside the second's
+        with _Alive(second, ttl):
+            assert files_tag(store, "t") == "2"
+            assert store.list_threads() == ["t"]
+        _wait_past(time.monotonic() + ttl)
+        assert store.load_state("t") is None
+
+    _with_ttl(scenario, ttl=0.4)
 
 
 def test_cleanup_only_touches_expired_entries(backend: Backend) -> None:
-    store = backend.make(ttl=0.2)
-    store.save_state("gone-1", sample_state())
-    store.save_state("gone-2", sample_state())
-    time.sleep(0.3)
-    store.save_state("fresh", sample_state("fresh"))
-    assert store.count_threads() == (1, 2)
-    assert store.list_threads() == ["fresh"]
-    assert store.cleanup_expired(limit=1) == 1
-    assert store.cleanup_expired() == 1
-    assert store.cleanup_expired() == 0
-    assert store.count_threads() == (1, 0)
-    assert files_tag(store, "fresh") == "fresh"
+    def scenario(ttl: float) -> None:
+        store = backend.make(namespace=backend.new_namespace(), ttl=ttl)
+        store.save_state("gone-1", sample_state())
+        store.save_state("gone-2", sample_state())
+        _wait_past(time.monotonic() + ttl)
+        since = time.monotonic()
+        store.save_state("fresh", sample_state("fresh"))
+        with _Alive(since, ttl):
+            assert store.count_threads() == (1, 2)
+            assert store.list_threads() == ["fresh"]
+            assert store.cleanup_expired(limit=1) == 1
+            assert store.cleanup_expired() == 1
+            assert store.cleanup_expired() == 0
+            assert store.count_threads() == (1, 0)
+            assert files_tag(store, "fresh") == "fresh"
+
+    _with_ttl(scenario)
 
 
 def test_an_expired_thread_can_be_saved_again(backend: Backend) -> None:
     store = backend.make(ttl=0.2)
     store.save_state("t", sample_state("old"), version=7)
-    time.sleep(0.3)
+    _wait_past(time.monotonic() + 0.2)
     # the record expired with its version: any version starts the thread afresh
     assert store.save_state("t", sample_state("new"), version=1).written
     assert files_tag(store, "t") == "new"
@@ -297,12 +356,17 @@ def test_delete_before_any_save_is_a_tombstone_too(store: BaseCheckpointer) -> N
 
 
 def test_tombstones_expire(backend: Backend) -> None:
-    store = backend.make(tombstone_ttl=0.2)
-    store.delete_thread("t", version=50)
-    assert store.save_state("t", sample_state(), version=10).stale
-    time.sleep(0.3)
-    assert store.save_state("t", sample_state("back"), version=10).written
-    assert files_tag(store, "t") == "back"
+    def scenario(ttl: float) -> None:
+        store = backend.make(namespace=backend.new_namespace(), tombstone_ttl=ttl)
+        since = time.monotonic()
+        store.delete_thread("t", version=50)
+        with _Alive(since, ttl):
+            assert store.save_state("t", sample_state(), version=10).stale
+        _wait_past(time.monotonic() + ttl)
+        assert store.save_state("t", sample_state("back"), version=10).written
+        assert files_tag(store, "t") == "back"
+
+    _with_ttl(scenario)
 
 
 # -- listing --------------------------------------------------------------------------------------
@@ -385,20 +449,25 @@ def test_save_many_reports_each_save(store: BaseCheckpointer) -> None:
 
 
 def test_count_threads(backend: Backend) -> None:
-    store = backend.make(ttl=0.2)
-    assert store.count_threads() == (0, 0)
-    store.save_state("e1", sample_state())
-    store.save_state("e2", sample_state())
-    time.sleep(0.3)
-    store.save_state("live-1", sample_state())
-    store.save_state("live-2", sample_state())
-    assert store.count_threads() == (2, 2)
-    store.delete_thread("live-2")
-    assert store.count_threads() == (1, 2)
-    store.save_state("live-1", sample_state())  # a re-save is not a second entry
-    assert store.count_threads() == (1, 2)
-    store.cleanup_expired()
-    assert store.count_threads() == (1, 0)
+    def scenario(ttl: float) -> None:
+        store = backend.make(namespace=backend.new_namespace(), ttl=ttl)
+        assert store.count_threads() == (0, 0)
+        store.save_state("e1", sample_state())
+        store.save_state("e2", sample_state())
+        _wait_past(time.monotonic() + ttl)
+        since = time.monotonic()
+        store.save_state("live-1", sample_state())
+        store.save_state("live-2", sample_state())
+        with _Alive(since, ttl):
+            assert store.count_threads() == (2, 2)
+            store.delete_thread("live-2")
+            assert store.count_threads() == (1, 2)
+            store.save_state("live-1", sample_state())  # a re-save is not a second entry
+            assert store.count_threads() == (1, 2)
+            store.cleanup_expired()
+            assert store.count_threads() == (1, 0)
+
+    _with_ttl(scenario)
 
 
 # -- invalid input --------------------------------------------------------------------------------
