@@ -194,7 +194,7 @@ def test_beat_removes_expired_entries_from_the_index(stack_factory: StackFactory
     threads = [f"exp-{i}" for i in range(20)]
     for tid in threads:
         stack.store.save_state(tid, sample_state(tid))
-    assert stack.store.count_threads() == (20, 0)
+    assert sum(stack.store.count_threads()) == 20  # live or (on a slow machine) expired
 
     # Expired, but nothing removed them from the index yet (no beat is running).
     deadline = time.monotonic() + 5
