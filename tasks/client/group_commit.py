@@ -24,8 +24,9 @@ caller only once the broker accepted the message that carries its own:
   save them instead.
 
 Coroutines join the same queue without blocking the event loop (:meth:`GroupCommit.join`):
-a coroutine that would lead has its group published on a thread it is given, and each
-event loop is told a group's outcome in one callback. A process forked while a publish is in
+a coroutine that would lead has its group published on a thread it is given, which goes on
+publishing the next group while anyone is queued (no caller of its own waits on it), and
+each event loop is told a group's outcome in one callback. A process forked while a publish is in
 flight starts its child with an empty queue and nothing in flight
 (``tests/unit/test_group_commit.py``).
 """
@@ -113,8 +114,9 @@ class _TaskEntry(_Entry):
             threading.Thread(target=self._lead_in_thread, daemon=True).start()
 
     def _lead_in_thread(self) -> None:
+        # An executor's thread, no caller's: it publishes while anyone is queued.
         with contextlib.suppress(Exception):  # it reaches the coroutine through its future
-            self.commit.lead_group(self)
+            self.commit.lead_group(self, rounds=None)
 
     def settle(self, error: BaseException | None) -> None:  # pragma: no cover - see _answer
         raise AssertionError("coroutines are answered per event loop")
@@ -217,40 +219,54 @@ class GroupCommit:
             entry.state = _LEADING
             return True
 
-    def lead_group(self, leader: _Entry) -> None:
-        """Publish the group ``leader`` heads (it is at the head of the queue), hand the lead
-        to the next queued caller and answer the group's members.
+    def lead_group(self, leader: _Entry, *, rounds: int | None = 0) -> None:
+        """Publish the group ``leader`` heads (it is at the head of the queue) and answer its
+        members; then, while callers are queued, up to ``rounds`` more groups on this thread
+        (None: no limit), answering all their members; then hand the lead to the oldest
+        queued caller. A calling thread publishes its own group only (its caller waits for
+        nothing else); a thread of a coroutine's executor goes on, which spares each next
+        group a thread hop.
 
         Raises:
-            the publish's error, if it failed (the other members get a HandOffError each).
+            the publish's error, if the first group's failed (the other members get a
+            HandOffError each).
         """
-        with self._lock:
-            group = self._take()
-        error: BaseException | None = None
-        try:
-            self._publish([entry.save for entry in group])
-        except BaseException as exc:
-            # The callers queued meanwhile waited for this attempt: they share its outcome
-            # now rather than wait for one more (a broker down fails them all at once).
+        answering: _Entry | None = leader  # the caller running this: not woken, returns
+        while True:
             with self._lock:
-                group.extend(self._take_all())
+                group = self._take()
+            error: BaseException | None = None
+            again = False
             try:
-                self._recover([entry.save for entry in group], exc)
-            except BaseException as final:
-                error = final
-        finally:
-            with self._lock:
-                self.groups += 1
-                self.grouped += len(group)
-                for entry in group:
-                    entry.state = _DONE
-                    entry.error = error
-                nxt = self._next_leader()
-            if nxt is not None:
-                nxt.lead()
-            _answer(group, leader, error)
-        if error is not None:
-            raise error
+                if group:
+                    self._publish([entry.save for entry in group])
+            except BaseException as exc:
+                # The callers queued meanwhile waited for this attempt: they share its
+                # outcome now rather than wait for one more (a broker down fails them all).
+                with self._lock:
+                    group.extend(self._take_all())
+                try:
+                    self._recover([entry.save for entry in group], exc)
+                except BaseException as final:
+                    error = final
+            finally:
+                with self._lock:
+                    self.groups += 1 if group else 0
+                    self.grouped += len(group)
+                    for entry in group:
+                        entry.state = _DONE
+                        entry.error = error
+                    again = error is None and (rounds is None or rounds > 0) and bool(self._queue)
+                    nxt = None if again else self._next_leader()
+                if nxt is not None:
+                    nxt.lead()
+                _answer(group, answering, error)
+            if answering is not None and error is not None:
+                raise error
+            if not again:
+                return
+            answering = None
+            rounds = None if rounds is None else rounds - 1
 
     def _take(self) -> list[_Entry]:
         """The next group: from the head of the queue, within the limits (lock held)."""

@@ -344,6 +344,35 @@ def test_coroutines_share_messages_without_blocking_the_loop(broker: Broker) -> 
     )
 
 
+def test_a_coroutines_publishing_thread_goes_on_while_anyone_is_queued(broker: Broker) -> None:
+    threads: list[int] = []
+    publish = broker.publish
+
+    def recording(saves: list[PreparedSave]) -> None:
+        threads.append(threading.get_ident())
+        publish(saves)
+
+    commit = GroupCommit(recording, max_batch=500, max_bytes=16 << 20)
+
+    async def main() -> None:
+        with ThreadPoolExecutor(4) as pool:
+            broker.hold()
+            first = asyncio.create_task(commit.join(save("first", 1), pool.submit))
+            while broker.calls < 1:
+                await asyncio.sleep(0.001)
+            rest = [asyncio.create_task(commit.join(save(f"c{i}", 1), pool.submit))
+                    for i in range(600)]  # fmt: skip
+            while commit.queued < 600:
+                await asyncio.sleep(0.001)
+            broker.release()
+            await asyncio.gather(first, *rest)
+
+    asyncio.run(main())
+    assert [len(m) for m in broker.messages] == [1, 500, 100]
+    assert len(set(threads)) == 1  # one thread published all three: no hop between groups
+    assert (commit.busy, commit.queued) == (False, 0)
+
+
 def test_a_failed_group_fails_every_coroutine_in_it(broker: Broker) -> None:
     commit = GroupCommit(broker.publish, max_batch=500, max_bytes=16 << 20)
 
