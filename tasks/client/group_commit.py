@@ -324,9 +324,9 @@ class GroupCommit:
         self._busy = False
 
 
-def _answer(group: list[_Entry], leader: _Entry, error: BaseException | None) -> None:
-    """Tell every member but a thread leader the outcome: threads one by one, each event
-    loop in one callback for all its coroutines."""
+def _answer(group: list[_Entry], leader: _Entry | None, error: BaseException | None) -> None:
+    """Tell every member but a thread leader (None: the executor published, nobody leads) the
+    outcome: threads one by one, each event loop in one callback for all its coroutines."""
     loops: dict[asyncio.AbstractEventLoop, list[_TaskEntry]] = {}
     for entry in group:
         if isinstance(entry, _TaskEntry):
