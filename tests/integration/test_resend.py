@@ -50,18 +50,18 @@ def test_wait_names_what_stays_pending_without_a_worker(stack_factory: StackFact
     assert client.pending == {"nobody-home": handle.version}
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(240)  # a hang guard: 4,100 durable hand-offs on a busy machine
 def test_outbox_is_pruned_without_flush(stack_factory: StackFactory) -> None:
     stack = stack_factory()
     stack.worker()
     client = stack.client()
     for i in range(1100):
         client.save_state(f"p-{i}", sample_state(str(i)))
-    client.flush(timeout=30)
+    client.flush(timeout=90)
     assert client.pending == {}
     for i in range(3000):
         client.save_state(f"q-{i}", sample_state(str(i)))
     # pruning reads happen as the outbox doubles: it never holds every thread ever saved
     assert len(client.pending) < 3000
-    client.flush(timeout=60)
+    client.flush(timeout=90)
     assert client.pending == {}
