@@ -1,5 +1,6 @@
 """Failover with ``replica_acks=1``: a primary SIGKILLed (by PID) while saves run; every save
-that was acknowledged is present afterwards, on a Redis Cluster and behind Sentinel.
+that was acknowledged is present afterwards, on a Redis Cluster and behind Sentinel. And what
+``replica_acks=0`` risks: a save acknowledged while its replica lagged is gone after failover.
 
 Saves run on several threads, each over its own threads (ids) with rising versions; a save
 counts as acknowledged when ``save_state`` returned (WAIT saw the replica hold it). Saves that
@@ -15,7 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
-from agents_persistence import AgentStateSnapshot, PersistenceError, RedisCheckpointer, RetryPolicy
+from agents_persistence import (
+    AgentStateSnapshot,
+    PersistenceError,
+    RedisCheckpointer,
+    ReplicaAcksMissing,
+    RetryPolicy,
+)
 from agents_persistence.tasks.devtools.topologies import (
     RedisClusterTopology,
     RedisSentinelTopology,
@@ -159,3 +166,40 @@ def test_the_sentinel_primary_killed_loses_no_acknowledged_save(
         savers.stop()
         store.close()
         reader.close()
+
+
+def test_without_replica_acks_a_failover_loses_what_the_replica_had_not_received(
+    own_sentinel: Callable[..., RedisSentinelTopology],
+) -> None:
+    """The loss ``replica_acks`` exists for, made certain: the replica is cut off, so it
+    receives nothing; a save acknowledged meanwhile lives only on the primary, which is then
+    SIGKILLed. ``replica_acks=1`` refuses the same save instead of acknowledging it."""
+    group = own_sentinel()
+    namespace = unique_namespace()
+    fast = RetryPolicy(attempts=2, initial_backoff=0.01, max_backoff=0.02, deadline=5.0)
+    plain = RedisCheckpointer.from_url(group.url(), namespace=namespace, retry=_PATIENT)
+    waiting = RedisCheckpointer.from_url(
+        group.url(), namespace=namespace, replica_acks=1, replica_ack_timeout=0.2, retry=fast
+    )
+    try:
+        assert waiting.save_state("before", AgentStateSnapshot(), version=1).written
+        replica, victim = group.replicas()[0], group.primary()
+        # The replica stops (SIGSTOP) and its link is cut, so what the primary writes next
+        # reaches no replica (a link left open would deliver it from the socket's buffer).
+        replica.pause()
+        with victim.client() as admin:
+            assert admin.client_kill_filter(_type="replica") == 1
+        assert plain.save_state("acknowledged", AgentStateSnapshot(), version=1).written
+        with pytest.raises(ReplicaAcksMissing):
+            waiting.save_state("refused", AgentStateSnapshot(), version=1)
+        victim.kill()  # SIGKILL by PID: what only it held is gone
+        replica.resume()
+        assert group.wait_failover(victim) is replica
+        assert plain.stored_versions(["before", "acknowledged", "refused"]) == {
+            "before": 1,  # replica_acks=1 saw it replicated
+            "acknowledged": 0,  # acknowledged by replica_acks=0, then lost
+            "refused": 0,  # never acknowledged: its caller still holds it
+        }
+    finally:
+        plain.close()
+        waiting.close()
