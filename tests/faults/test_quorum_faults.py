@@ -130,8 +130,20 @@ def test_sigkill_worker_group_mid_batch_rabbitmq_quorum(
             victim = fleet.worker(concurrency=2)
     stream.join()
     settle = fleet.await_outcomes(ledger, timeout=120)
-    held = set().union(*(_unfinished(w) for w in killed))
-    ran_after = set().union(*(_finished(w) for w in fleet.workers if w not in killed))
+    held_by = {task: w for w in killed for task in _unfinished(w)}
+    held = set(held_by)
+
+    def ran_after_kill() -> set[str]:
+        # A message a killed worker held, run to its end by another worker (which may be
+        # a victim killed later: it ran the message before its own kill).
+        return {t for t, holder in held_by.items() for w in fleet.workers
+                if w is not holder and t in _finished(w)}  # fmt: skip
+
+    # The store can hold every thread's newest version before a redelivered message (its
+    # snapshots superseded) has run: wait for the runs themselves, not only the outcomes.
+    deadline = time.monotonic() + 120
+    while not held <= (ran_after := ran_after_kill()) and time.monotonic() < deadline:
+        time.sleep(0.2)
     result = row(
         report, "1 sigkill worker group mid-batch (rabbitmq quorum, buffered)", ledger, fleet,
         kills=3, held_at_kill=len(held), redelivered_and_run=len(held & ran_after),
