@@ -114,6 +114,17 @@ class MigrationReport:
     skipped_ids: list[str] = field(default_factory=list)
     corrupt_ids: list[str] = field(default_factory=list)
 
+    def count_moved(self, thread_id: str, kind: str) -> None:
+        """Count a record moved (or, in a dry run, to move) of ``kind``: ``t`` a tombstone,
+        ``j`` the Rust crate's JSON, ``x``/``w`` corrupt (unreadable, or another Redis type)."""
+        self.moved += 1
+        self.tombstones += kind == "t"
+        self.crate += kind == "j"
+        if kind in ("x", "w"):
+            self.corrupt += 1
+            if len(self.corrupt_ids) < _NAMED:
+                self.corrupt_ids.append(thread_id)
+
     def as_dict(self) -> dict[str, Any]:
         """The report as plain JSON-ready values."""
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
@@ -312,13 +323,7 @@ class _Migration:
         if code == 1:
             report.already_newer += 1
             return
-        report.moved += 1
-        report.tombstones += kind == "t"
-        report.crate += kind == "j"
-        if kind in ("x", "w"):
-            report.corrupt += 1
-            if len(report.corrupt_ids) < _NAMED:
-                report.corrupt_ids.append(tid)
+        report.count_moved(tid, kind)
 
     def _finish(self) -> None:
         old, client = self.old, self.client
@@ -367,13 +372,7 @@ def _survey(client: redis.Redis, old: Keys, report: MigrationReport, batch: int)
             if isinstance(held, bytes) and held and _head(held)[0] >= version:
                 report.already_newer += 1
                 continue
-            report.moved += 1
-            report.tombstones += kind == "t"
-            report.crate += kind == "j"
-            if kind in ("x", "w"):
-                report.corrupt += 1
-                if len(report.corrupt_ids) < _NAMED:
-                    report.corrupt_ids.append(tid)
+            report.count_moved(tid, kind)
         report.batches += 1
     listed = {m for m, _ in client.zscan_iter(old.index)} | set(client.sscan_iter(old.crate_index))
     report.expired = len(listed - seen)
